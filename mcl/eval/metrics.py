@@ -1,0 +1,100 @@
+"""Continual-learning summary metrics from the accuracy matrix (shared/specs/metrics.md).
+
+`matrix[i][j - 1]` is A[i][j]: the score (0-100) on task j after training task i, with row 0 the
+untouched base model. Cells that were not evaluated are None/NaN and are skipped in every mean,
+never read as 0. A metric with no defined term (BWT with one task) is None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+CONVENTIONS = {
+    "scale": "scores 0-100; A[i][j] = task j after training task i; row 0 = zero-shot",
+    "missing": "unevaluated cells skipped in means; a metric with no terms is None",
+    "last": "mean_j A[T][j], j=1..T (MFN, Avg, AA)",
+    "maa": "mean_{i=1..T} mean_{j<=i} A[i][j]",
+    "bwt": "mean_{j=1..T-1} (A[T][j] - A[j][j])",
+    "bwt_max": "mean_{j=1..T} (A[T][j] - max_{i=0..T} A[i][j]); row 0 included (CLMM/EProj)",
+    "forgetting": "mean_{j=1..T-1} (max_{i=1..T-1} A[i][j] - A[T][j]); row 0 excluded",
+    "fwt": "mean_{j=2..T} (A[j-1][j] - A[0][j])",
+    "plasticity": "mean_j A[j][j] (MFT)",
+    "unseen": "mean_u U[T][u] over unseen tasks; unseen_per_row gives it for every row",
+}
+
+
+def _cell(value: float | None) -> float | None:
+    """None for a missing cell (None or NaN), else the value as float."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _mean(values) -> float | None:
+    """Mean of the defined values; None when there are none."""
+    defined = [v for v in values if v is not None]
+    return sum(defined) / len(defined) if defined else None
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _max(values) -> float | None:
+    defined = [v for v in values if v is not None]
+    return max(defined) if defined else None
+
+
+def _clean(matrix: Sequence[Sequence[float | None]]) -> list[list[float | None]]:
+    """Rows of floats/None, checked to be rectangular."""
+    rows = [[_cell(v) for v in row] for row in matrix]
+    if any(len(row) != len(rows[0]) for row in rows):
+        raise ValueError("every matrix row must have the same number of cells")
+    return rows
+
+
+def continual_metrics(
+    matrix: Sequence[Sequence[float | None]],
+    unseen: Sequence[Sequence[float | None]] | None = None,
+) -> dict:
+    """Last, MAA, BWT, BWT_max, Forgetting, FWT, Plasticity (+ anchor aliases) and Unseen.
+
+    `matrix` has T+1 rows of T cells; `unseen` (optional) has T+1 rows, one cell per unseen task.
+    Returns plain floats or None, plus a `conventions` dict naming the definitions used.
+    """
+    a = _clean(matrix)
+    T = len(a) - 1
+    if T < 1 or len(a[0]) != T:
+        raise ValueError(f"matrix must have T+1 rows of T cells (T >= 1), got {len(a)} rows")
+
+    def A(i: int, j: int) -> float | None:  # 1-based task index j, as in metrics.md
+        return a[i][j - 1]
+
+    tasks = range(1, T + 1)
+    last = _mean(A(T, j) for j in tasks)
+    plasticity = _mean(A(j, j) for j in tasks)
+    out = {
+        "last": last,
+        "maa": _mean(_mean(A(i, j) for j in range(1, i + 1)) for i in tasks),
+        "bwt": _mean(_diff(A(T, j), A(j, j)) for j in range(1, T)),
+        "bwt_max": _mean(_diff(A(T, j), _max(A(i, j) for i in range(T + 1))) for j in tasks),
+        "forgetting": _mean(
+            _diff(_max(A(i, j) for i in range(1, T)), A(T, j)) for j in range(1, T)
+        ),
+        "fwt": _mean(_diff(A(j - 1, j), A(0, j)) for j in range(2, T + 1)),
+        "plasticity": plasticity,
+    }
+    out |= {"MFT": plasticity, "MFN": last, "MAA": out["maa"], "BWT": out["bwt"]}
+
+    per_row = None
+    if unseen is not None:
+        u = _clean(unseen)
+        if len(u) != T + 1:
+            raise ValueError(f"unseen matrix must have {T + 1} rows, got {len(u)}")
+        per_row = [_mean(row) for row in u]
+    out["unseen"] = per_row[-1] if per_row else None
+    out["unseen_per_row"] = per_row
+    out["conventions"] = dict(CONVENTIONS)
+    return out

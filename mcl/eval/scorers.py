@@ -1,0 +1,322 @@
+"""Per-task answer scorers (see shared/specs/metrics.md, "Per-task scorers").
+
+Each scorer is a torchmetrics `Metric` whose only states are `sum` and `count` (summed across
+ranks), so DDP reduction is exact and free. The per-sample rule lives in `score_one`, a pure
+function of (prediction, references) returning 0..1, so predictions files can log it per sample.
+`compute()` returns the mean x100, or NaN when nothing was scored (a missing cell, never 0).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+from torchmetrics import Metric
+
+# ---------------------------------------------------------------- VQA answer normalisation
+# Follows the official VQA evaluation script (GT-Vision-Lab/VQA vqaEval.py).
+_PUNCT = ';/[]"{}()=+\\_-><@`,?!'
+_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
+# The official regex meant "a period not inside a number" but its lookbehind is mistyped, so in
+# effect it drops every period not followed by a digit ("3." -> "3", "3.5" kept). We keep that.
+_PERIOD = re.compile(r"\.(?!\d)")
+_NUMBER_WORDS = {
+    "none": "0",  # the official map has it: "none" answers a "how many" question with 0
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
+_ARTICLES = frozenset({"a", "an", "the"})
+# Canonical contractions; every spelling with some apostrophes left out maps to them. Forms whose
+# apostrophe-less spelling is a common word ("we'll" -> "well", "it's" -> "its") are left out.
+_CANONICAL_CONTRACTIONS = """
+ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't
+haven't he'd he'd've he's how'd how'll how's i'd've i'm i've isn't it'd it'd've it'll ma'am
+mightn't mightn't've might've mustn't must've needn't not've o'clock oughtn't shan't she'd've
+she's should've shouldn't shouldn't've somebody'd somebody'd've somebody'll somebody's someone'd
+someone'd've someone'll someone's something'd something'd've something'll something's that's
+there'd there'd've there're there's they'd they'd've they'll they're they've 'twas wasn't we'd've
+we've weren't what'll what're what's what've when's where'd where's where've who'd who'd've who'll
+who's who've why'll why're why's won't would've wouldn't wouldn't've y'all y'all'd've y'all'll
+you'd you'd've you'll you're you've
+"""
+
+
+def _contraction_table(words: str) -> dict[str, str]:
+    """Map each spelling with one or more apostrophes dropped to the canonical contraction."""
+    table = {}
+    for word in words.split():
+        parts = word.split("'")
+        for keep in itertools.product((True, False), repeat=len(parts) - 1):
+            if not all(keep):
+                tail = "".join(("'" if k else "") + p for k, p in zip(keep, parts[1:]))
+                table[parts[0] + tail] = word
+    return table
+
+
+_CONTRACTIONS = _contraction_table(_CANONICAL_CONTRACTIONS)
+
+
+def _strip_punctuation(text: str) -> str:
+    """Official punctuation step: a mark touching a space (or any mark, when the text has a
+    digit,digit pattern such as "1,000") is deleted, any other mark becomes a space; then periods
+    that do not precede a digit are deleted."""
+    out = text
+    delete = _DIGIT_COMMA_DIGIT.search(text) is not None
+    for p in _PUNCT:
+        if delete or f"{p} " in text or f" {p}" in text:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _PERIOD.sub("", out)
+
+
+def normalize_vqa(text: str) -> str:
+    """Standard VQA answer normalisation: whitespace, punctuation, lower-case, number words to
+    digits, drop articles a/an/the, standardise contractions ("dont" -> "don't")."""
+    text = _strip_punctuation(text.replace("\n", " ").replace("\t", " ").strip())
+    words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
+
+
+# ---------------------------------------------------------------- per-sample rules
+def _as_refs(refs: str | Sequence[str]) -> list[str]:
+    refs = [refs] if isinstance(refs, str) else list(refs)
+    if not refs:
+        raise ValueError("a sample has no reference answers")
+    return refs
+
+
+def vqa_score(pred: str, refs: str | Sequence[str]) -> float:
+    """VQA accuracy of one answer, in 0..1.
+
+    With >= 10 references: the official rule, min(#matches/3, 1) averaged over the leave-one-out
+    subsets (10-choose-9 for the usual 10 answers). With 3..9 references: min(#matches/3, 1) on
+    all of them. With 1-2 references the /3 rule cannot reach 1, so it is exact match after
+    normalisation. References are normalised like the prediction (the official script only strips
+    their punctuation, which gives the same result on VQAv2's already-normalised answers but
+    would wrongly fail raw references such as "Two").
+    """
+    refs = [normalize_vqa(r) for r in _as_refs(refs)]
+    pred = normalize_vqa(pred)
+    n, m = len(refs), sum(r == pred for r in refs)
+    if n >= 10:
+        # leaving out a matching ref leaves m-1 matches; leaving out another leaves m
+        return (m * min((m - 1) / 3, 1.0) + (n - m) * min(m / 3, 1.0)) / n
+    if n >= 3:
+        return min(m / 3, 1.0)
+    return 1.0 if m else 0.0
+
+
+def exact_match_score(pred: str, refs: str | Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals any normalised reference."""
+    pred = normalize_vqa(pred)
+    return float(any(normalize_vqa(r) == pred for r in _as_refs(refs)))
+
+
+_LETTERS = "ABCDEFGH"
+_CHOICE_PATTERNS = (  # tried in order; group 1 is the letter
+    re.compile(r"^\s*[(\[]?([A-Ha-h])[)\]]?\s*[.:)]?\s*$"),  # "B", "b", "(B)", "B.", "b)"
+    re.compile(r"^\s*[(\[]?([A-H])(?:[)\]]|[.:])"),  # "B. red car", "(C) dog"
+    re.compile(r"(?i:answer|option|choice)\s*(?:is|:)?\s*[(\[]?([A-H])\b"),  # "the answer is B"
+    # lower-case only at the end, so "the answer is a cat" is not read as option A
+    re.compile(r"(?i:answer|option|choice)\s*(?:is|:)?\s*[(\[]?([a-h])[)\]]?\s*[.!]?\s*$"),
+    re.compile(r"[(\[]([A-H])[)\]]"),  # "I think (B)"
+)
+
+
+def _option_texts(options: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
+    """Letter -> normalised option text; options are given in A, B, ... order or as a mapping."""
+    if not options:
+        return {}
+    pairs = options.items() if isinstance(options, Mapping) else zip(_LETTERS, options)
+    return {str(k).strip().upper(): normalize_vqa(str(v)) for k, v in pairs}
+
+
+def extract_choice(
+    text: str, options: Sequence[str] | Mapping[str, str] | None = None
+) -> str | None:
+    """Option letter (A-H) named by `text`, or None.
+
+    Order: the whole text equals an option's text; an explicit letter ("B", "(b)", "B.",
+    "the answer is B"); exactly one option's text appears as whole words in the answer.
+    """
+    texts = _option_texts(options)
+    norm = normalize_vqa(text)
+    for letter, option in texts.items():
+        if option and norm == option:
+            return letter
+    for pattern in _CHOICE_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            return match.group(1).upper()
+    hits = [
+        letter
+        for letter, option in texts.items()
+        if option and re.search(rf"(?<!\S){re.escape(option)}(?!\S)", norm)
+    ]
+    return hits[0] if len(hits) == 1 else None
+
+
+def choice_score(
+    pred: str, refs: str | Sequence[str], options: Sequence[str] | Mapping[str, str] | None = None
+) -> float:
+    """1.0 when the option chosen by the prediction is the key (a letter, or the option text)."""
+    keys = {extract_choice(r, options) for r in _as_refs(refs)} - {None}
+    if not keys:
+        raise ValueError(f"reference {refs!r} names no option letter; pass `options` for texts")
+    return float(extract_choice(pred, options) in keys)
+
+
+# a number not glued to a word, so "x1: 0.1" yields 0.1 and not 1
+_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_BRACKETED = re.compile(r"[\[(]([^\[\]()]*)[\])]")
+IOU_THRESHOLD = 0.5
+
+
+def parse_box(text: str) -> tuple[float, float, float, float] | None:
+    """First box [x1, y1, x2, y2] in `text`, or None when fewer than 4 numbers can be found.
+
+    A bracketed group with 4 numbers is preferred over loose numbers ("region 2: [...]"). Corners
+    are reordered so x1 <= x2 and y1 <= y2. Units are not checked: IoU only needs the prediction
+    and the reference in the same units (normally 0-1).
+    """
+    for chunk in [m.group(1) for m in _BRACKETED.finditer(text)] + [text]:
+        numbers = [float(n) for n in _NUMBER.findall(chunk)[:4]]
+        if len(numbers) == 4 and all(math.isfinite(v) for v in numbers):
+            x1, y1, x2, y2 = numbers
+            return min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)
+    return None
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 when the union is empty."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def iou_score(pred: str, refs: str | Sequence[str]) -> float:
+    """1.0 when the predicted box overlaps a reference box with IoU >= 0.5; 0 if unparsable.
+
+    A reference without a box is a data error and raises (the loader should have caught it).
+    """
+    boxes = [b for b in map(parse_box, _as_refs(refs)) if b is not None]
+    if not boxes:
+        raise ValueError(f"reference {refs!r} contains no box [x1, y1, x2, y2]")
+    box = parse_box(pred)
+    if box is None:
+        return 0.0
+    # tolerance: an IoU of exactly 0.5 in exact arithmetic may come out as 0.4999999999
+    return float(max(box_iou(box, b) for b in boxes) >= IOU_THRESHOLD - 1e-9)
+
+
+# ---------------------------------------------------------------- torchmetrics wrappers
+class _MeanScore(Metric):
+    """Mean of `score_one` over samples, x100; `sum`/`count` states reduce by summation."""
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        self.add_state("sum", default=zero.clone(), dist_reduce_fx="sum")
+        self.add_state("count", default=zero.clone(), dist_reduce_fx="sum")
+
+    def score_one(self, pred: str, refs: str | Sequence[str]) -> float:
+        raise NotImplementedError
+
+    def update(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> None:
+        _check_lengths(preds, refs)
+        self._add([self.score_one(p, r) for p, r in zip(preds, refs)])
+
+    def _add(self, scores: list[float]) -> None:
+        self.sum += sum(scores)
+        self.count += len(scores)
+
+    def compute(self) -> torch.Tensor:
+        if self.count == 0:
+            return torch.tensor(float("nan"))
+        return (self.sum / self.count * 100).float()
+
+
+def _check_lengths(preds: Sequence, refs: Sequence) -> None:
+    if isinstance(preds, str):
+        raise TypeError("preds must be a list of strings, not one string")
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions but {len(refs)} reference lists")
+
+
+class VQAAccuracy(_MeanScore):
+    """VQA soft accuracy (see `vqa_score` for the rule with fewer than 10 references)."""
+
+    def score_one(self, pred: str, refs: str | Sequence[str]) -> float:
+        return vqa_score(pred, refs)
+
+
+class ExactMatch(_MeanScore):
+    """Normalised exact match against any reference (classification, single-answer VQA)."""
+
+    def score_one(self, pred: str, refs: str | Sequence[str]) -> float:
+        return exact_match_score(pred, refs)
+
+
+class MultipleChoice(_MeanScore):
+    """Accuracy of the chosen option; `update(..., options=[[text A, text B, ...], ...])` lets
+    answers given as option text count."""
+
+    def score_one(self, pred: str, refs: str | Sequence[str], options=None) -> float:
+        return choice_score(pred, refs, options)
+
+    def update(self, preds: Sequence[str], refs: Sequence[Sequence[str]], options=None) -> None:
+        _check_lengths(preds, refs)
+        options = [None] * len(preds) if options is None else options
+        _check_lengths(preds, options)
+        self._add([self.score_one(p, r, o) for p, r, o in zip(preds, refs, options)])
+
+
+class GroundingIoU(_MeanScore):
+    """Share of predicted boxes with IoU >= 0.5; unparsable answers score 0 and are counted in
+    the `unparsable` state, so a format failure can be told apart from a localisation failure."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        self.add_state("unparsable", default=zero, dist_reduce_fx="sum")
+
+    def score_one(self, pred: str, refs: str | Sequence[str]) -> float:
+        return iou_score(pred, refs)
+
+    def update(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> None:
+        super().update(preds, refs)
+        self.unparsable += sum(parse_box(p) is None for p in preds)
+
+
+SCORERS: dict[str, type[_MeanScore]] = {
+    "vqa": VQAAccuracy,
+    "exact": ExactMatch,
+    "mc": MultipleChoice,
+    "iou": GroundingIoU,
+}
+
+
+def build_scorer(name: str, **kwargs) -> Metric:
+    """A fresh scorer for a task's `scorer:` name (one instance per task and stage)."""
+    if name not in SCORERS:
+        raise ValueError(f"unknown scorer '{name}'; choose one of: {', '.join(SCORERS)}")
+    return SCORERS[name](**kwargs)

@@ -1,0 +1,133 @@
+"""ContinualMethod: the only contract the runner knows (see DESIGN.md).
+
+A method is a LightningModule holding the MLLM plus its own modules, and a handful of hooks:
+
+- ``setup_model(mllm)``    inject adapters/prompts; freeze the base.
+- ``on_task_start(t, dm)`` before the task's Trainer is built (Lightning builds optimizers before
+                           ``on_fit_start``, so new parameters must exist by now); sets
+                           ``requires_grad`` explicitly — the runner asserts the trainable set.
+- ``extra_loss(batch, out)`` regularisers added to the answer-token LM loss.
+- ``on_task_end(t, dm)``   importance, bases, freezing, statistics.
+- ``eval_context(batch)``  how the test-time path is chosen (no task id unless the paper uses it).
+- ``generate(batch, max_new_tokens)`` test-time answers.
+- ``adapter_state()``      what a task checkpoint holds (trainable/adapter tensors only).
+
+Gradient surgery goes in callbacks (``callbacks()``), run in ``on_before_optimizer_step``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import lightning as L
+import torch
+
+from mcl.models.mllm import MLLM
+
+
+class ContinualMethod(L.LightningModule):
+    #: whether the runner should train at all (``zero_shot`` sets False)
+    trains = True
+
+    def __init__(
+        self,
+        name: str,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.05,
+        min_lr_ratio: float = 0.1,
+    ):
+        super().__init__()
+        self.method_name = name
+        self.lr, self.weight_decay = lr, weight_decay
+        self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
+        self.mllm: MLLM | None = None
+        self.current_task: int | None = None
+
+    # ------------------------------------------------------------------ hooks
+    def setup_model(self, mllm: MLLM) -> None:
+        """Attach the MLLM and freeze it; subclasses inject their modules after calling this."""
+        self.mllm = mllm
+        mllm.model.requires_grad_(False)
+        # remember the base's tensor names: a task checkpoint holds everything else
+        self._base_names = set(self.state_dict().keys())
+
+    def on_task_start(self, task: int, dm) -> None:
+        self.current_task = task
+
+    def on_task_end(self, task: int, dm) -> None:
+        pass
+
+    def extra_loss(self, batch: dict, out) -> torch.Tensor | None:
+        return None
+
+    def eval_context(self, batch: dict):
+        return contextlib.nullcontext()
+
+    def callbacks(self) -> list[L.Callback]:
+        return []
+
+    def expected_trainable(self) -> set[str]:
+        """Names of parameters that must train in the current task (the runner asserts it)."""
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
+    # ------------------------------------------------------------------ training
+    @staticmethod
+    def model_inputs(batch: dict) -> dict:
+        return {k: v for k, v in batch.items() if k != "n_skipped"}
+
+    def training_step(self, batch: dict, batch_idx: int):
+        if "input_ids" not in batch:  # every sample of this batch was corrupt
+            return None
+        out = self.mllm(**self.model_inputs(batch))
+        loss = out.loss
+        extra = self.extra_loss(batch, out)
+        if extra is not None:
+            self.log("train/extra_loss", extra.detach(), prog_bar=False)
+            loss = loss + extra
+        self.log("train/loss", out.loss.detach(), prog_bar=True)
+        self.log("train/skipped", batch["n_skipped"].float(), reduce_fx="sum")
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(self.warmup_ratio * total))
+        floor = self.min_lr_ratio
+
+        def schedule(step: int) -> float:  # linear warm-up, cosine decay to floor * lr
+            if step < warmup:
+                return (step + 1) / warmup
+            t = (step - warmup) / max(1, total - warmup)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def generate(self, batch: dict, max_new_tokens: int) -> list[str]:
+        with self.eval_context(batch):
+            return self.mllm.generate(batch, max_new_tokens=max_new_tokens)
+
+    # ------------------------------------------------------------------ accounting / state
+    def parameter_counts(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"trainable": trainable, "total": total}
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """Tensors a task checkpoint must hold: everything that is not the frozen base."""
+        return {
+            k: v.detach().cpu().contiguous()
+            for k, v in self.state_dict().items()
+            # peft renames a wrapped weight "x.weight" -> "x.base_layer.weight": still base
+            if k not in self._base_names and k.replace(".base_layer", "") not in self._base_names
+        }
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = [k for k in state if k not in self.state_dict()]
+        if missing:
+            raise KeyError(f"checkpoint has unknown tensors, e.g. {missing[0]}")
+        self.load_state_dict(state, strict=False)

@@ -1,0 +1,135 @@
+"""The MLLM wrapper: one HF model + its processor, and the two things mcl asks of any family —
+turn samples into a training batch with answer-only labels, and generate answers in batches.
+
+Family-specific details (how ``<image>`` expands, which modules are the LM) live here so that
+methods and the runner never depend on them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+IGNORE_INDEX = -100
+
+
+class ChatCollator:
+    """Samples -> tensors. Holds only the processor (cheap to copy into DataLoader workers).
+
+    A sample is a dict with ``question``, ``answer`` and ``image``; ``None`` or a dict with a
+    ``corrupt`` key marks a sample the decoder rejected, dropped here and counted in
+    ``batch["n_skipped"]``.
+    """
+
+    def __init__(self, processor, image_seq_length: int):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_seq_length = image_seq_length  # tokens one <image> expands to
+
+    def prompt(self, question: str) -> str:
+        """The chat-formatted prompt up to and including the assistant cue."""
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+        ]
+        return self.processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    def _images(self, images) -> torch.Tensor:
+        return self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def _prompt_ids(self, questions: list[str]) -> list[list[int]]:
+        tok = self.processor.image_token
+        texts = [self.prompt(q).replace(tok, tok * self.image_seq_length, 1) for q in questions]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _pad(self, seqs: list[list[int]], value: int, left: bool) -> torch.Tensor:
+        width = max(map(len, seqs))
+        out = torch.full((len(seqs), width), value, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            if left:
+                out[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            else:
+                out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        return out
+
+    def encode_train(self, questions, answers, images) -> dict[str, torch.Tensor]:
+        """Right-padded batch; labels cover the answer and EOS only (prompt and image = -100)."""
+        prompt_ids = self._prompt_ids(questions)
+        answers = [" " + a for a in answers]
+        answer_ids = self.tokenizer(answers, add_special_tokens=False)["input_ids"]
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        seqs = [p + a + [eos] for p, a in zip(prompt_ids, answer_ids)]
+        labels = [[IGNORE_INDEX] * len(p) + a + [eos] for p, a in zip(prompt_ids, answer_ids)]
+        return {
+            "input_ids": self._pad(seqs, pad, left=False),
+            "attention_mask": self._pad([[1] * len(s) for s in seqs], 0, left=False),
+            "labels": self._pad(labels, IGNORE_INDEX, left=False),
+            "pixel_values": self._images(images),
+        }
+
+    def encode_prompts(self, questions, images) -> dict[str, torch.Tensor]:
+        """Left-padded prompts for batched generation."""
+        ids = self._prompt_ids(questions)
+        return {
+            "input_ids": self._pad(ids, self.tokenizer.pad_token_id, left=True),
+            "attention_mask": self._pad([[1] * len(s) for s in ids], 0, left=True),
+            "pixel_values": self._images(images),
+        }
+
+    def train_batch(self, samples: list[dict | None]) -> dict[str, torch.Tensor]:
+        good = [s for s in samples if s is not None and "corrupt" not in s]
+        if not good:
+            return {"n_skipped": torch.tensor(len(samples))}
+        batch = self.encode_train(
+            [s["question"] for s in good], [s["answer"] for s in good], [s["image"] for s in good]
+        )
+        batch["n_skipped"] = torch.tensor(len(samples) - len(good))
+        return batch
+
+    def prompt_batch(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        return self.encode_prompts([s["question"] for s in samples], [s["image"] for s in samples])
+
+
+class MLLM(nn.Module):
+    """A multimodal LLM with a processor; ``model`` is the HF ``...ForConditionalGeneration``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor,
+        image_seq_length: int,
+        name: str = "mllm",
+        info: dict | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.collator = ChatCollator(processor, image_seq_length)
+        self.name = name
+        self.info = info or {}
+
+    def lm_targets(self, names: list[str]) -> str:
+        """A regex matching the given linear names inside the LM only (never the vision tower)."""
+        alt = "|".join(re.escape(n) for n in names)
+        return rf"(.*\.)?language_model\..*\.({alt})"
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], max_new_tokens: int = 8) -> list[str]:
+        """Greedy decoding; returns the decoded answers without the prompt."""
+        out = self.model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        new = out[:, batch["input_ids"].shape[1] :]
+        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -1,0 +1,238 @@
+"""The tiny MLLM: a real ``LlavaForConditionalGeneration`` (CLIP-style tower, Llama-style LM) built
+from a small config, an offline word-level tokenizer over the synthetic world's vocabulary, and a
+CLIP image processor built from arguments. Nothing is downloaded.
+
+Continual instruction tuning starts from a *pretrained* MLLM, so the tiny base is pretrained once
+(all parameters) on the generic caption/detection mix of ``mcl.data.tasks`` and cached under
+``$MCL_CACHE`` (default ``~/.cache/mcl``), keyed by a hash of everything that shapes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from tqdm.auto import tqdm
+from transformers import (
+    CLIPImageProcessorPil,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+from mcl.data import tasks as T
+from mcl.models.mllm import MLLM
+from mcl.utils.io import atomic_write_bytes, atomic_write_json
+
+WORLD_VERSION = 1  # bump when the world or the pretraining mix changes: invalidates cached bases
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %} "
+    "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s> "
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
+IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def pre_tokenizer():
+    # WhitespaceSplit keeps "<image>" whole (Whitespace would split it, see engineering notes);
+    # punctuation is isolated so "shape?" and "shape" share a token, but "0.25" stays one token.
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Split(Regex(r"[\[\],?:;!]|\.(?!\d)"), behavior="isolated"),
+        ]
+    )
+
+
+def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    pre = pre_tokenizer()
+    words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(t)} - set(SPECIALS))
+    words = sorted(set(words) | {"USER", "ASSISTANT"})
+    vocab = {w: i for i, w in enumerate(SPECIALS + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="right",
+    )
+
+
+def build_processor(tok, image_size: int, patch_size: int) -> LlavaProcessor:
+    # The PIL backend: torchvision is not a dependency (its PyPI wheel breaks beside CPU torch).
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=IMAGE_MEAN,
+        image_std=IMAGE_STD,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token; v5 defaults to 0 and then mismatches
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_config(tok, text: dict, vision: dict) -> LlavaConfig:
+    n_img = (vision["image_size"] // vision["patch_size"]) ** 2
+    return LlavaConfig(
+        text_config={
+            "model_type": "llama",
+            "vocab_size": len(tok),
+            "max_position_embeddings": 256,
+            "pad_token_id": tok.pad_token_id,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "tie_word_embeddings": False,
+            **text,
+        },
+        vision_config={"model_type": "clip_vision_model", "num_channels": 3, **vision},
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        image_seq_length=n_img,
+        projector_hidden_act="gelu",
+    )
+
+
+def _base_key(shape: dict, pretrain: dict, vocab: list[str]) -> str:
+    blob = json.dumps(
+        {"v": WORLD_VERSION, "shape": shape, "pretrain": pretrain, "vocab": vocab}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MCL_CACHE", Path.home() / ".cache" / "mcl"))
+
+
+def build_tiny(text: dict, vision: dict, seed: int = 0, pos_init_std: float | None = None) -> MLLM:
+    """A randomly initialised tiny Llava with its tokenizer and processor.
+
+    ``pos_init_std`` re-initialises the tower's position embeddings with a larger spread than
+    CLIP's default (0.02, tiny next to patch embeddings): the LM must find a cell by its
+    position before it can read the cell's colour, and with near-zero position embeddings that
+    is what a tiny model fails to learn in minutes.
+    """
+    tok = build_tokenizer(T.vocabulary_texts())
+    processor = build_processor(tok, vision["image_size"], vision["patch_size"])
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(build_config(tok, text, vision))
+    if pos_init_std:
+        emb = model.model.vision_tower.embeddings.position_embedding
+        with torch.no_grad():
+            emb.weight.normal_(0.0, pos_init_std)
+    n_img = (vision["image_size"] // vision["patch_size"]) ** 2
+    return MLLM(model, processor, image_seq_length=n_img, name="tiny")
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return f
+
+
+def pretrain(
+    mllm: MLLM,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup: int,
+    seed: int,
+    progress: bool = True,
+) -> dict:
+    """Full-parameter pretraining on the generic mix (drawn on the fly, seeded)."""
+    rng = np.random.default_rng([seed, 7])
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(mllm.model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, steps))
+    mllm.model.train()
+    losses, t0 = [], time.time()
+    bar = tqdm(range(steps), desc="pretraining tiny base", disable=not progress, mininterval=2)
+    batches: list[list] = []
+    for step in bar:
+        if not batches:
+            # draw 4 batches at once and group them by answer length: grid listings are 3x
+            # longer than captions, and mixed batches spent most of their time on padding
+            pool = sorted(
+                (T.pretrain_sample(rng) for _ in range(4 * batch_size)), key=lambda s: len(s.answer)
+            )
+            batches = [pool[i * batch_size : (i + 1) * batch_size] for i in range(4)]
+            batches = [batches[i] for i in rng.permutation(4)]
+        samples = batches.pop()
+        batch = mllm.collator.train_batch([vars(s) for s in samples])
+        loss = mllm.model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(mllm.model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    mllm.model.eval()
+    return {"final_loss": float(np.mean(losses[-100:])), "seconds": round(time.time() - t0, 1)}
+
+
+def load_tiny_base(
+    text: dict,
+    vision: dict,
+    pretrain_cfg: dict,
+    cache_dir: str | None = None,
+    pos_init_std: float | None = 1.0,
+    seed: int = 0,
+    progress: bool = True,
+    name: str = "tiny",
+) -> MLLM:
+    """The pretrained tiny base: loaded from the cache, or built (and cached) on first use."""
+    mllm = build_tiny(text, vision, seed=seed, pos_init_std=pos_init_std)
+    vocab = list(mllm.tokenizer.get_vocab())
+    shape = {"text": text, "vision": vision, "pos_init_std": pos_init_std, "seed": seed}
+    key = _base_key(shape, pretrain_cfg, sorted(vocab))
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    path = root / "tiny" / key
+    weights = path / "model.safetensors"
+    if weights.exists():
+        mllm.model.load_state_dict(load_file(weights))
+        mllm.info = json.loads((path / "info.json").read_text())
+        mllm.model.eval()
+        return mllm
+    if pretrain_cfg.get("steps", 0) > 0:
+        print(f"[mcl] building the tiny base (first use, cached at {path})")
+        stats = pretrain(mllm, progress=progress, **pretrain_cfg)
+    else:
+        stats = {"final_loss": None, "seconds": 0.0}
+    info = {"key": key, "pretrain": pretrain_cfg, **stats}
+    path.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses shared tensors; the tiny config unties embeddings, so none exist.
+    state = {k: v.contiguous() for k, v in mllm.model.state_dict().items()}
+    tmp = path / "model.safetensors.tmp"
+    save_file(state, str(tmp))
+    atomic_write_bytes(weights, tmp.read_bytes())
+    tmp.unlink()
+    atomic_write_json(path / "info.json", info)
+    mllm.info = info
+    return mllm

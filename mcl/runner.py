@@ -1,0 +1,280 @@
+"""The continual loop (DESIGN.md): zero-shot row, then per task start -> fit -> end -> evaluate ->
+checkpoint, then the report. It knows the ContinualMethod hooks, never a method's name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from mcl.eval.metrics import continual_metrics
+from mcl.eval.report import matrix_table, plot_matrix, write_matrix_csv
+from mcl.eval.scorers import build_scorer
+from mcl.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+class ContinualRunner:
+    def __init__(
+        self,
+        method,
+        datamodule,
+        out_dir: str | Path,
+        trainer_kwargs: dict,
+        steps_per_task: int | None = None,
+        epochs_per_task: int | None = None,
+        seed: int = 0,
+        loggers: list | None = None,
+        resume: bool = False,
+        progress: bool = True,
+        meta: dict | None = None,
+    ):
+        self.method, self.dm = method, datamodule
+        self.bench = datamodule.bench
+        self.out = Path(out_dir)
+        self.trainer_kwargs = trainer_kwargs
+        self.steps, self.epochs = steps_per_task, epochs_per_task
+        if not self.steps and not self.epochs:
+            raise ValueError("set a per-task budget: train.steps or train.epochs")
+        self.seed, self.loggers, self.resume, self.progress = seed, loggers or [], resume, progress
+        self.meta = meta or {}
+        T = len(self.bench.tasks)
+        self.matrix: list[list[float | None]] = [[None] * T for _ in range(T + 1)]
+        self.unseen: list[list[float | None]] = [
+            [None] * len(self.bench.unseen) for _ in range(T + 1)
+        ]
+        self.if_scores: list[dict] = [{} for _ in range(T + 1)]
+        self.params: list[dict] = []
+        self.timings: dict[str, list[float] | float] = {"train_s": [], "eval_s": []}
+        self.global_step = 0
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_task(self, name: str, row: int) -> tuple[float, float | None]:
+        """Score on the main test samples; the held-out-template samples give the IF score."""
+        spec = self.bench.task(name)
+        main, held = build_scorer(spec["scorer"]), build_scorer(spec["scorer"])
+        records = []
+        self.method.eval()
+        for samples, batch in self.dm.test_batches(name):
+            preds = self.method.generate(batch, max_new_tokens=spec.get("max_new_tokens", 8))
+            for s, p in zip(samples, preds):
+                heldout = s["meta"].get("template") == "heldout"
+                (held if heldout else main).update([p], [s["answers"]])
+                records.append(
+                    {"key": s["key"], "pred": p, "answers": s["answers"], "heldout": heldout}
+                )
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        atomic_write_text(self.out / "predictions" / f"row{row}" / f"{name}.jsonl", lines)
+        score = float(main.compute())
+        held_score = float(held.compute()) if any(r["heldout"] for r in records) else None
+        return score, held_score
+
+    def evaluate_row(self, row: int, columns: list[int]) -> None:
+        t0 = time.time()
+        names = [self.bench.tasks[j]["name"] for j in columns] + self.bench.unseen_names
+        bar = tqdm(names, desc=f"evaluating row {row}", disable=not self.progress, leave=False)
+        for name in bar:
+            score, held = self.evaluate_task(name, row)
+            if name in self.bench.unseen_names:
+                self.unseen[row][self.bench.unseen_names.index(name)] = score
+            else:
+                self.matrix[row][self.bench.task_names.index(name)] = score
+            if held is not None:
+                self.if_scores[row][name] = held
+            self.log({f"eval/{name}": score, "eval/row": row})
+        self.timings["eval_s"].append(round(time.time() - t0, 2))
+
+    # ------------------------------------------------------------------ training
+    def build_trainer(self) -> L.Trainer:
+        kw = dict(
+            logger=self.loggers or False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=self.progress,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=[*self.method.callbacks(), TQDMProgressBar(refresh_rate=20)]
+            if self.progress
+            else self.method.callbacks(),
+            log_every_n_steps=10,
+            **self.trainer_kwargs,
+        )
+        if self.steps:
+            kw.update(max_steps=self.steps, max_epochs=-1)
+        else:
+            kw.update(max_epochs=self.epochs)
+        return L.Trainer(**kw)
+
+    def check_trainable(self, t: int) -> None:
+        actual = {n for n, p in self.method.named_parameters() if p.requires_grad}
+        expected = self.method.expected_trainable()
+        if actual != expected:
+            extra, missing = sorted(actual - expected)[:3], sorted(expected - actual)[:3]
+            raise RuntimeError(
+                f"task {t}: trainable parameters differ from what the method declared "
+                f"(unexpected {extra}, missing {missing}); fix its on_task_start"
+            )
+
+    def train_task(self, t: int) -> None:
+        L.seed_everything(self.seed * 1000 + t, workers=True, verbose=False)
+        self.dm.set_task(t)
+        self.method.on_task_start(t, self.dm)
+        self.check_trainable(t)
+        self.params.append({"task": self.bench.task_names[t], **self.method.parameter_counts()})
+        t0 = time.time()
+        if self.method.trains:
+            self.method.train()  # evaluation left it in eval mode
+            trainer = self.build_trainer()
+            trainer.fit(self.method, datamodule=self.dm)
+            self.global_step += trainer.global_step
+        self.timings["train_s"].append(round(time.time() - t0, 2))
+        self.method.on_task_end(t, self.dm)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _ckpt_dir(self, t: int) -> Path:
+        return self.out / "checkpoints" / f"task{t:02d}"
+
+    def save_task(self, t: int) -> None:
+        d = self._ckpt_dir(t)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / "adapters.safetensors.tmp"
+        save_file(self.method.adapter_state(), str(tmp))
+        atomic_write_bytes(d / "adapters.safetensors", tmp.read_bytes())
+        tmp.unlink()
+        atomic_write_json(d / "state.json", self.state_dict(t))
+
+    def state_dict(self, t: int) -> dict:
+        return {
+            "finished_task": t,
+            "matrix": self.matrix,
+            "unseen_matrix": self.unseen,
+            "if_scores": self.if_scores,
+            "params": self.params,
+            "timings": self.timings,
+            "global_step": self.global_step,
+        }
+
+    def try_resume(self) -> int:
+        """Index of the first task still to run (0 when starting fresh)."""
+        if not self.resume:
+            return 0
+        done = sorted(self.out.glob("checkpoints/task*/state.json"))
+        if not done:
+            return 0
+        state = json.loads(done[-1].read_text())
+        t = state["finished_task"]
+        self.method.load_adapter_state(load_file(str(done[-1].parent / "adapters.safetensors")))
+        self.matrix, self.unseen = state["matrix"], state["unseen_matrix"]
+        self.if_scores, self.params = state["if_scores"], state["params"]
+        self.timings, self.global_step = state["timings"], state["global_step"]
+        self.method.current_task = t
+        print(f"[mcl] resuming after task {t + 1} ({self.bench.task_names[t]})")
+        return t + 1
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        t_start = time.time()
+        T = len(self.bench.tasks)
+        start = self.try_resume()
+        if start == 0:
+            self.evaluate_row(0, list(range(T)))
+        for t in range(start, T):
+            self.train_task(t)
+            cols = list(range(T)) if t == T - 1 else list(range(min(t + 2, T)))
+            self.evaluate_row(t + 1, cols)
+            self.save_task(t)
+            self.write_report(partial=t < T - 1)
+        self.timings["total_s"] = round(time.time() - t_start, 2)
+        return self.write_report(partial=False)
+
+    # ------------------------------------------------------------------ outputs
+    def log(self, metrics: dict) -> None:
+        for lg in self.loggers:
+            lg.log_metrics(metrics, step=self.global_step)
+
+    def write_report(self, partial: bool) -> dict:
+        metrics = continual_metrics(self.matrix, unseen=self.unseen)
+        last_if = [v for v in self.if_scores[-1].values() if v is not None]
+        metrics["if_score"] = sum(last_if) / len(last_if) if last_if else None
+        results = {
+            "bench": self.bench.name,
+            "data_source": self.bench.source,
+            "method": self.method.method_name,
+            "seed": self.seed,
+            "complete": not partial,
+            "tasks": self.bench.task_names,
+            "unseen_tasks": self.bench.unseen_names,
+            "chance": {t["name"]: t.get("chance") for t in self.bench.tasks + self.bench.unseen},
+            "matrix": self.matrix,
+            "unseen_matrix": self.unseen,
+            "if_scores": self.if_scores,
+            "metrics": metrics,
+            "params": self.params,
+            "timings": self.timings,
+            **self.meta,
+        }
+        atomic_write_json(self.out / "results.json", results)
+        write_matrix_csv(
+            self.out / "matrix.csv",
+            self.bench.task_names,
+            self.matrix,
+            self.bench.unseen_names,
+            self.unseen,
+        )
+        if not partial:
+            plot_matrix(
+                self.out / "matrix.png",
+                self.bench.task_names,
+                self.matrix,
+                self.bench.unseen_names,
+                self.unseen,
+                title=f"{self.method.method_name} on {self.bench.name} (seed {self.seed})",
+            )
+            final = {
+                f"final/{k}": v
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and v is not None and not math.isnan(v)
+            }
+            self.log(final)
+            for lg in self.loggers:
+                lg.finalize("success")
+        return results
+
+    def summary(self, results: dict) -> str:
+        return matrix_table(
+            results["tasks"],
+            results["matrix"],
+            results["metrics"],
+            results["unseen_tasks"],
+            results["unseen_matrix"],
+        )
+
+
+def _comparable(config: dict) -> dict:
+    """The parts of a config that define a run (not how or where it was launched)."""
+    c = {k: v for k, v in config.items() if k not in ("resume", "progress", "paths", "hydra")}
+    return json.loads(json.dumps(c, sort_keys=True, default=str))
+
+
+def find_resumable(out_dir: str | Path, config: dict) -> Path | None:
+    """The run directory to continue: ``out_dir`` itself or else the newest sibling (the same
+    command launched earlier gets a new timestamped directory) with the same config, finished
+    tasks and no complete results."""
+    out_dir = Path(out_dir)
+    want = _comparable(config)
+    siblings = sorted((p for p in out_dir.parent.glob("*") if p != out_dir), reverse=True)
+    candidates = [out_dir, *siblings]
+    for d in candidates:
+        res = d / "results.json"
+        if not res.exists() or not list(d.glob("checkpoints/task*/state.json")):
+            continue
+        old = json.loads(res.read_text())
+        if not old.get("complete") and _comparable(old.get("config", {})) == want:
+            return d
+    return None

@@ -1,0 +1,114 @@
+"""Entry point: ``python -m mcl.train [group=option ...] [key=value ...]``.
+
+Compose the config, build benchmark -> model -> method -> data -> runner, run the sequence,
+print the accuracy matrix. Everything else lives in the layers below.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mcl.config import CONF_DIR, ConfigError, check_overrides
+from mcl.data.bench import BenchmarkError, prepare
+from mcl.data.datamodule import ContinualDataModule
+from mcl.runner import ContinualRunner, find_resumable
+
+USER_ERRORS = (ConfigError, BenchmarkError, FileNotFoundError)
+
+
+def quiet_libraries() -> None:
+    """Keep the console for mcl's own progress and results: Lightning's per-Trainer banners and
+    tips repeat once per task and bury the accuracy matrix."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*requires torchvision.*")
+
+
+def _loggers(cfg: DictConfig) -> list:
+    specs = [v for v in (cfg.get("logger") or {}).values() if v and "_target_" in v]
+    if any("Wandb" in v["_target_"] for v in specs) and not _wandb_key():
+        os.environ.setdefault("WANDB_MODE", "offline")
+        print("[mcl] no W&B API key found: logging offline (upload with `wandb sync`)")
+    return [instantiate(v) for v in specs]
+
+
+def _wandb_key() -> bool:
+    return bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").exists()
+
+
+def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
+    """Everything the run needs, from a composed config."""
+    quiet_libraries()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    bench = prepare(cfg.bench, cfg.paths.data_dir, progress=cfg.progress)
+    mllm = instantiate(cfg.model)
+    method = instantiate(cfg.method)
+    method.setup_model(mllm)
+    dm = ContinualDataModule(
+        bench,
+        mllm.collator,
+        batch_size=cfg.train.batch_size,
+        num_workers=cfg.train.num_workers,
+        seed=cfg.seed,
+        eval_batch_size=cfg.eval.batch_size,
+    )
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.resume:
+        out_dir = find_resumable(out_dir, config) or out_dir
+    return ContinualRunner(
+        method,
+        dm,
+        out_dir,
+        trainer_kwargs=OmegaConf.to_container(cfg.hardware, resolve=True),
+        steps_per_task=cfg.train.steps,
+        epochs_per_task=cfg.train.epochs,
+        seed=cfg.seed,
+        loggers=_loggers(cfg),
+        resume=cfg.resume,
+        progress=cfg.progress,
+        meta={"config": config, "model_info": mllm.info},
+    )
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    runner = build(cfg, out_dir)
+    try:
+        results = runner.run()
+    finally:
+        if "wandb" in sys.modules:  # one W&B run per job, also in multirun sweeps
+            sys.modules["wandb"].finish()
+    print(runner.summary(results))
+    print(f"[mcl] results in {runner.out}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    out_dir = Path(cfg.paths.output_dir or HydraConfig.get().runtime.output_dir)
+    try:
+        results = run(cfg, out_dir)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return results["metrics"]["last"]  # what a Hydra sweeper would optimise
+
+
+if __name__ == "__main__":
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    main()

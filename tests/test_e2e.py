@@ -1,0 +1,100 @@
+"""The whole loop on the micro model: outputs, schedule of evaluated cells, determinism, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from mcl.train import run
+from tests.conftest import MICRO, compose_cfg
+
+THREE = ["bench.tasks=[color,position,count]"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = compose_cfg(tmp, MICRO + THREE)
+    results = run(cfg, Path(cfg.paths.output_dir))
+    return tmp, cfg, results
+
+
+def test_results_files_and_schedule(first_run):
+    tmp, _, results = first_run
+    out = tmp / "run"
+    r = json.loads((out / "results.json").read_text())
+    assert r == json.loads(json.dumps(results))
+    assert r["tasks"] == ["color", "position", "count"] and r["unseen_tasks"] == ["compose"]
+    assert r["data_source"] == "synthetic" and r["complete"] is True
+    m = r["matrix"]
+    assert len(m) == 4 and all(len(row) == 3 for row in m)
+    # row 0 and row T are full; after task 1: tasks 1-2 (forward transfer), task 3 not evaluated
+    assert all(v is not None for v in m[0] + m[3])
+    assert m[1][2] is None and m[1][0] is not None and m[1][1] is not None
+    assert all(v is not None for v in m[2])
+    assert all(0 <= v <= 100 for row in m for v in row if v is not None)
+    assert len(r["unseen_matrix"]) == 4 and all(row[0] is not None for row in r["unseen_matrix"])
+    assert set(r["metrics"]) >= {"last", "maa", "bwt", "forgetting", "fwt", "plasticity"}
+    # parameters per task: LoRA only, a small share of the model
+    assert len(r["params"]) == 3
+    for p in r["params"]:
+        assert 0 < p["trainable"] < p["total"] / 5
+    assert len(r["timings"]["train_s"]) == 3 and r["timings"]["total_s"] > 0
+    # matrix.csv mirrors the matrix, missing cells empty
+    rows = list(csv.reader((out / "matrix.csv").open()))
+    assert rows[0][1:4] == ["color", "position", "count"]
+    assert rows[2][3] == "" and float(rows[4][1]) == pytest.approx(m[3][0], abs=1e-6)
+    assert (out / "matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "logs").exists()  # the CSV logger wrote its metrics
+    preds = (out / "predictions" / "row3" / "count.jsonl").read_text().splitlines()
+    assert len(preds) == 24 and "pred" in json.loads(preds[0])
+
+
+def test_checkpoints_hold_only_adapters(first_run):
+    tmp, _, results = first_run
+    state = load_file(str(tmp / "run" / "checkpoints" / "task02" / "adapters.safetensors"))
+    assert state and all("lora_" in k for k in state)
+    assert sum(v.numel() for v in state.values()) == results["params"][-1]["trainable"]
+
+
+def test_same_seed_same_predictions_other_seed_differs(first_run, tmp_path, micro_overrides):
+    tmp, _, _ = first_run
+    again = compose_cfg(tmp_path / "a", micro_overrides + THREE)
+    run(again, Path(again.paths.output_dir))
+    ref = tmp / "run"
+    new = tmp_path / "a" / "run"
+    a = load_file(str(ref / "checkpoints" / "task02" / "adapters.safetensors"))
+    b = load_file(str(new / "checkpoints" / "task02" / "adapters.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)
+    assert (
+        json.loads((ref / "results.json").read_text())["matrix"]
+        == json.loads((new / "results.json").read_text())["matrix"]
+    )
+    for row in ("row0", "row3"):
+        for f in (ref / "predictions" / row).iterdir():
+            assert f.read_text() == (new / "predictions" / row / f.name).read_text()
+    other = compose_cfg(tmp_path / "b", micro_overrides + THREE + ["seed=1"])
+    run(other, Path(other.paths.output_dir))
+    c = load_file(str(tmp_path / "b" / "run" / "checkpoints" / "task02" / "adapters.safetensors"))
+    assert any((a[k] != c[k]).any() for k in a)
+
+
+def test_resume_after_a_crash_gives_the_same_matrix(first_run, tmp_path, micro_overrides):
+    tmp, _, results = first_run
+    crashed = tmp_path / "run"
+    shutil.copytree(tmp / "run", crashed)
+    # simulate a crash during task 3: its checkpoint and the final report never got written
+    shutil.rmtree(crashed / "checkpoints" / "task02")
+    state = json.loads((crashed / "checkpoints" / "task01" / "state.json").read_text())
+    partial = json.loads((crashed / "results.json").read_text())
+    partial.update(complete=False, matrix=state["matrix"])
+    (crashed / "results.json").write_text(json.dumps(partial))
+    cfg = compose_cfg(tmp_path, micro_overrides + THREE + ["resume=true"])
+    resumed = run(cfg, Path(cfg.paths.output_dir))
+    assert resumed["matrix"] == json.loads(json.dumps(results["matrix"]))
+    assert len(resumed["params"]) == 3 and len(resumed["timings"]["train_s"]) == 3

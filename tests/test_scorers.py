@@ -1,0 +1,188 @@
+"""Scorer rules on hand-checked cases: VQA normalisation and soft accuracy, exact match,
+multiple-choice letter extraction, grounding IoU, and the torchmetrics sum/count plumbing."""
+
+import math
+
+import pytest
+import torch
+
+from mcl.eval.scorers import (
+    ExactMatch,
+    GroundingIoU,
+    MultipleChoice,
+    VQAAccuracy,
+    box_iou,
+    build_scorer,
+    extract_choice,
+    normalize_vqa,
+    parse_box,
+    vqa_score,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Two", "2"),
+        ("ten dogs", "10 dogs"),
+        ("none", "0"),
+        ("The red one.", "red 1"),  # article dropped, number word, final period
+        ("an apple", "apple"),
+        ("a", ""),
+        ("Yes!", "yes"),
+        ("yes, sir", "yes sir"),  # comma touching a space is deleted
+        ("black-and-white", "black and white"),  # mark inside a word becomes a space
+        ("1,000", "1000"),  # digit,digit: punctuation deleted, not spaced
+        ("3.5", "3.5"),  # period inside a number kept
+        ("It is 3.", "it is 3"),  # period not followed by a digit dropped
+        ("  left\tside\n", "left side"),
+        ("dont", "don't"),
+        ("Isnt it", "isn't it"),
+        ("couldntve", "couldn't've"),
+        ("well", "well"),  # not read as "we'll"
+    ],
+)
+def test_normalize_vqa(raw, expected):
+    assert normalize_vqa(raw) == expected
+
+
+def test_vqa_ten_refs_leave_one_out():
+    # 10 refs, 2 equal "2": the 2 subsets without a match-ref have 1 match -> 1/3 each,
+    # the 8 others have 2 matches -> 2/3 each: (2*1/3 + 8*2/3) / 10 = 18/30 = 0.6
+    refs = ["2", "two", "3", "3", "3", "3", "4", "4", "4", "4"]
+    assert vqa_score("Two", refs) == pytest.approx(0.6)
+    # 3 matches: 3 subsets keep 2 -> 2/3, 7 keep 3 -> 1: (3*2/3 + 7) / 10 = 0.9
+    assert vqa_score("3", ["3", "3", "3"] + ["x"] * 7) == pytest.approx(0.9)
+    # 4 matches: every subset keeps >= 3 -> 1.0
+    assert vqa_score("3", ["3"] * 4 + ["x"] * 6) == pytest.approx(1.0)
+    assert vqa_score("5", ["3"] * 10) == 0.0
+
+
+def test_vqa_few_refs():
+    assert vqa_score("two", ["2"]) == 1.0  # one ref: normalised exact match
+    assert vqa_score("cat", ["dog", "Cat"]) == 1.0  # two refs: any match
+    assert vqa_score("cat", ["dog", "cow"]) == 0.0
+    assert vqa_score("cat", ["cat", "dog", "cow"]) == pytest.approx(1 / 3)  # 3..9: min(m/3, 1)
+    assert vqa_score("cat", ["cat"] * 3 + ["dog"]) == 1.0
+    with pytest.raises(ValueError):
+        vqa_score("cat", [])
+
+
+def test_vqa_metric_mean_times_100():
+    metric = VQAAccuracy()
+    metric.update(["Two", "cat"], [["2", "two", "3", "3", "3", "3", "4", "4", "4", "4"], ["dog"]])
+    metric.update(["yes"], [["Yes"]])
+    # (0.6 + 0 + 1) / 3 * 100
+    assert metric.compute().item() == pytest.approx(160 / 3, rel=1e-6)
+    assert metric.count.item() == 3
+
+
+def test_states_reduce_by_sum():
+    """DDP reduction sums `sum` and `count`; merging two ranks' states gives the global mean."""
+    rank0, rank1 = ExactMatch(), ExactMatch()
+    rank0.update(["a dog"], [["dog"]])
+    rank1.update(["cat", "cow"], [["cat"], ["dog"]])
+    rank0.merge_state(rank1)
+    assert rank0.compute().item() == pytest.approx(200 / 3, rel=1e-6)
+    assert set(rank0._reductions) >= {"sum", "count"}
+
+
+def test_empty_metric_is_nan_not_zero():
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert math.isnan(build_scorer("exact").compute().item())
+
+
+def test_exact_match():
+    metric = ExactMatch()
+    assert metric.score_one("The Eiffel Tower.", ["eiffel tower"]) == 1.0
+    assert metric.score_one("three", ["4", "3"]) == 1.0
+    assert metric.score_one("tower", ["eiffel tower"]) == 0.0
+    with pytest.raises(ValueError):
+        metric.update(["a", "b"], [["a"]])
+
+
+@pytest.mark.parametrize(
+    ("pred", "letter"),
+    [
+        ("B", "B"),
+        ("b", "B"),
+        ("(B)", "B"),
+        ("B.", "B"),
+        ("C) a dog", "C"),
+        ("the answer is B", "B"),
+        ("The answer is D because it is red", "D"),
+        ("Answer: (c)", "C"),
+        ("I think (E) fits", "E"),
+        ("the answer is a cat", None),  # "a" is an article, not option A
+        ("A dog", None),
+        ("no idea", None),
+    ],
+)
+def test_extract_choice_letters(pred, letter):
+    assert extract_choice(pred) == letter
+
+
+def test_extract_choice_option_text():
+    options = ["cat", "dog", "red bird"]
+    assert extract_choice("Dog.", options) == "B"
+    assert extract_choice("it is a red bird", options) == "C"
+    assert extract_choice("a cat or a dog", options) is None  # two options named: ambiguous
+    assert extract_choice("X", {"X": "zebra", "Y": "yak"}) is None  # only A-H are letters
+    assert extract_choice("yak", {"X": "zebra", "Y": "yak"}) == "Y"
+
+
+def test_multiple_choice_metric():
+    metric = MultipleChoice()
+    options = [["cat", "dog"], ["red", "blue"], None, None]
+    metric.update(["b", "red", "(C)", "D"], [["B"], ["A"], ["C"], ["A"]], options=options)
+    # correct, correct (text "red" = option A), correct, wrong -> 75
+    assert metric.compute().item() == pytest.approx(75.0)
+    assert metric.score_one("dog", ["dog"], options=["cat", "dog"]) == 1.0  # key given as text
+
+
+def test_parse_box():
+    assert parse_box("[ 0.05 , 0.30 , 0.40 , 0.62 ]") == (0.05, 0.30, 0.40, 0.62)
+    assert parse_box("object 2 is at [0.1, 0.2, 0.3, 0.4]") == (0.1, 0.2, 0.3, 0.4)
+    assert parse_box("x1: 0.1, y1: 0.2, x2: .5, y2: 0.6") == (0.1, 0.2, 0.5, 0.6)
+    assert parse_box("[0.5, 0.6, 0.1, 0.2]") == (0.1, 0.2, 0.5, 0.6)  # corners reordered
+    assert parse_box("[0.1, 0.2, 0.3]") is None
+    assert parse_box("on the left") is None
+
+
+def test_box_iou_hand_computed():
+    # overlap [0.5,1]x[0,1] = 0.5; union 1 + 1 - 0.5 = 1.5 -> 1/3
+    assert box_iou((0, 0, 1, 1), (0.5, 0, 1.5, 1)) == pytest.approx(1 / 3)
+    # inner box area 0.25 inside area 0.5 -> 0.5
+    assert box_iou((0, 0, 1, 0.5), (0, 0, 0.5, 0.5)) == pytest.approx(0.5)
+    assert box_iou((0, 0, 0.2, 0.2), (0.5, 0.5, 1, 1)) == 0.0
+    assert box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0
+
+
+def test_grounding_metric_counts_unparsable():
+    metric = GroundingIoU()
+    preds = ["[0.0, 0.0, 0.5, 0.5]", "[0.5, 0, 1.5, 1]", "[ 0 , 0 , 0.5 , 0.5 ]", "left"]
+    refs = [["[0, 0, 1, 0.5]"], ["[0, 0, 1, 1]"], ["[0.6, 0.6, 1, 1]"], ["[0, 0, 1, 1]"]]
+    metric.update(preds, refs)
+    # IoU 0.5 (hit, threshold inclusive), 1/3 (miss), 0 (miss), unparsable (miss) -> 25
+    assert metric.compute().item() == pytest.approx(25.0)
+    assert metric.unparsable.item() == 1
+    assert metric.score_one("left", ["[0, 0, 1, 1]"]) == 0.0
+    with pytest.raises(ValueError, match="no box"):
+        metric.score_one("[0, 0, 1, 1]", ["somewhere"])
+
+
+def test_build_scorer():
+    assert isinstance(build_scorer("vqa"), VQAAccuracy)
+    assert isinstance(build_scorer("exact"), ExactMatch)
+    assert isinstance(build_scorer("mc"), MultipleChoice)
+    assert isinstance(build_scorer("iou"), GroundingIoU)
+    assert build_scorer("vqa") is not build_scorer("vqa")
+    with pytest.raises(ValueError, match="unknown scorer 'bleu'; choose one of: vqa, exact"):
+        build_scorer("bleu")
+
+
+def test_compute_returns_float_tensor():
+    metric = build_scorer("vqa")
+    metric.update(["yes"], [["yes"]])
+    out = metric.compute()
+    assert isinstance(out, torch.Tensor) and out.is_floating_point() and out.item() == 100.0
