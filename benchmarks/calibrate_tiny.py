@@ -62,6 +62,9 @@ def main():
     p.add_argument("--task-lr", type=float, default=1e-3)
     p.add_argument("--tasks", nargs="+", default=list(T.RECIPES))
     p.add_argument("--pos-std", type=float, default=1.0)
+    p.add_argument("--bucket", type=int, default=1)
+    p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
     a = p.parse_args()
     text = dict(
@@ -79,10 +82,18 @@ def main():
         image_size=48,
         patch_size=16,
     )
-    base = tiny.build_tiny(text, vision, pos_init_std=a.pos_std)
+    base = tiny.build_tiny(text, vision, seed=a.seed, pos_init_std=a.pos_std)
     t0 = time.time()
     stats = tiny.pretrain(
-        base, steps=a.steps, batch_size=32, lr=a.lr, warmup=a.warmup, seed=0, progress=False
+        base,
+        steps=a.steps,
+        batch_size=32,
+        lr=a.lr,
+        warmup=a.warmup,
+        seed=a.seed,
+        bucket=a.bucket,
+        min_lr_ratio=a.min_lr_ratio,
+        progress=False,
     )
     out = {"tag": a.tag, "args": vars(a), "pretrain": stats, "pretrain_s": time.time() - t0}
     for task in a.tasks:

@@ -172,3 +172,22 @@ def test_missing_shards_and_tasks_give_clear_errors(tmp_path, bench_dir):
     next((tmp_path / "t" / "ocr").glob("train-*.tar")).unlink()
     with pytest.raises(BenchmarkError, match="missing"):
         b.shard_paths(b.task("ocr"), "train")
+
+
+def test_source_auto_falls_back_to_the_synthetic_twin_with_a_banner(tmp_path, capsys):
+    from mcl.data.bench import prepare
+    from tests.conftest import MICRO, compose_cfg
+
+    cfg = compose_cfg(tmp_path, [*MICRO, "bench.source=auto", f"bench.root={tmp_path}/none"])
+    bench = prepare(cfg.bench, cfg.paths.data_dir, progress=False)
+    assert bench.source == "synthetic" and bench.task_names == ["color", "position"]
+    banner = capsys.readouterr().out
+    assert "SYNTHETIC twin" in banner and "bench.root" in banner
+    # real data present: auto uses it and says so in data_source
+    real = prepare(
+        compose_cfg(tmp_path, [*MICRO, "bench.source=auto", f"bench.root={bench.root}"]).bench,
+        cfg.paths.data_dir,
+    )
+    assert real.source == "real" and real.root == bench.root
+    with pytest.raises(BenchmarkError, match="bench.root is not set"):
+        prepare(compose_cfg(tmp_path, [*MICRO, "bench.source=real"]).bench, cfg.paths.data_dir)

@@ -98,3 +98,33 @@ def test_resume_after_a_crash_gives_the_same_matrix(first_run, tmp_path, micro_o
     resumed = run(cfg, Path(cfg.paths.output_dir))
     assert resumed["matrix"] == json.loads(json.dumps(results["matrix"]))
     assert len(resumed["params"]) == 3 and len(resumed["timings"]["train_s"]) == 3
+
+
+def test_wandb_logger_runs_offline_without_an_api_key(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc credentials either
+    cfg = compose_cfg(tmp_path, [*MICRO, "logger=wandb", "bench.tasks=[color]", "bench.unseen=[]"])
+    run(cfg, Path(cfg.paths.output_dir))
+    offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+
+
+@pytest.mark.slow
+def test_cli_multirun_sweep_writes_one_result_per_job(tmp_path):
+    import subprocess
+    import sys
+
+    from mcl.config import CONF_DIR
+
+    cmd = [sys.executable, "-m", "mcl.train", "-m", "seed=0,1", "train.steps=2",
+           f"hydra.sweep.dir={tmp_path}/sweep", f"paths.log_dir={tmp_path}/logs",
+           f"paths.cache_dir={tmp_path}/cache", "progress=false",
+           *[o for o in MICRO if not o.startswith("train.steps")]]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=CONF_DIR.parent, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    results = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert [r.parent.name for r in results] == ["0_synth_seq_lora_s0", "1_synth_seq_lora_s1"]
+    seeds = [json.loads(r.read_text())["seed"] for r in results]
+    assert seeds == [0, 1]

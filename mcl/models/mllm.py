@@ -27,15 +27,20 @@ class ChatCollator:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_seq_length = image_seq_length  # tokens one <image> expands to
+        self._prompts: dict[str, str] = {}  # rendering the chat template is the slow part
 
     def prompt(self, question: str) -> str:
         """The chat-formatted prompt up to and including the assistant cue."""
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
-        ]
-        return self.processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        if question not in self._prompts:
+            if len(self._prompts) > 100_000:  # bounded: real datasets have unique questions
+                self._prompts.clear()
+            messages = [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+            ]
+            self._prompts[question] = self.processor.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        return self._prompts[question]
 
     def _images(self, images) -> torch.Tensor:
         return self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]

@@ -146,11 +146,12 @@ def build_tiny(text: dict, vision: dict, seed: int = 0, pos_init_std: float | No
     return MLLM(model, processor, image_seq_length=n_img, name="tiny")
 
 
-def _lr_lambda(warmup: int, total: int):
+def _lr_lambda(warmup: int, total: int, floor: float = 0.1):
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        t = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
     return f
 
@@ -162,26 +163,32 @@ def pretrain(
     lr: float,
     warmup: int,
     seed: int,
+    bucket: int = 1,
+    min_lr_ratio: float = 0.1,
     progress: bool = True,
 ) -> dict:
-    """Full-parameter pretraining on the generic mix (drawn on the fly, seeded)."""
+    """Full-parameter pretraining on the generic mix (drawn on the fly, seeded).
+
+    ``bucket`` > 1 draws that many batches at once and groups them by answer length (less
+    padding, faster steps, but batches of one kind change the learning dynamics);
+    ``min_lr_ratio`` is where the cosine schedule ends.
+    """
     rng = np.random.default_rng([seed, 7])
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(mllm.model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, steps, min_lr_ratio))
     mllm.model.train()
     losses, t0 = [], time.time()
     bar = tqdm(range(steps), desc="pretraining tiny base", disable=not progress, mininterval=2)
     batches: list[list] = []
     for step in bar:
         if not batches:
-            # draw 4 batches at once and group them by answer length: grid listings are 3x
-            # longer than captions, and mixed batches spent most of their time on padding
-            pool = sorted(
-                (T.pretrain_sample(rng) for _ in range(4 * batch_size)), key=lambda s: len(s.answer)
-            )
-            batches = [pool[i * batch_size : (i + 1) * batch_size] for i in range(4)]
-            batches = [batches[i] for i in rng.permutation(4)]
+            pool = [T.pretrain_sample(rng) for _ in range(bucket * batch_size)]
+            if bucket > 1:  # grid listings are 3x longer than captions: group by length
+                pool.sort(key=lambda s: len(s.answer))
+            batches = [pool[i * batch_size : (i + 1) * batch_size] for i in range(bucket)]
+            if bucket > 1:
+                batches = [batches[i] for i in rng.permutation(bucket)]
         samples = batches.pop()
         batch = mllm.collator.train_batch([vars(s) for s in samples])
         loss = mllm.model(**batch).loss
