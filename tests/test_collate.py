@@ -99,3 +99,30 @@ def test_forward_loss_and_batched_generation_match_per_sample(mllm):
     batched = mllm.generate(mllm.collator.prompt_batch(samples), max_new_tokens=5)
     single = [mllm.generate(mllm.collator.prompt_batch([s]), max_new_tokens=5)[0] for s in samples]
     assert batched == single
+
+
+def test_benchmark_words_extend_the_vocabulary_without_touching_the_base():
+    from mcl.models.tiny import extend_vocabulary
+
+    m = build_tiny(TEXT, VISION, seed=0)
+    ids = m.tokenizer("describe the image .", add_special_tokens=False)["input_ids"]
+    batch = m.collator.train_batch(_samples(2, "color"))
+    with torch.no_grad():
+        before = m.model(**batch).logits
+    n = len(m.tokenizer)
+    added = extend_vocabulary(m, ["the zebra sings", "a quokka"])
+    assert added == ["quokka", "sings", "zebra"]
+    assert len(m.tokenizer) == n + 3 and m.model.get_input_embeddings().weight.shape[0] == n + 3
+    assert m.tokenizer("describe the image .", add_special_tokens=False)["input_ids"] == ids
+    new_ids = m.tokenizer("zebra quokka", add_special_tokens=False)["input_ids"]
+    assert sorted(new_ids) == [n, n + 2] and m.tokenizer.unk_token_id not in new_ids
+    with torch.no_grad():
+        after = m.model(**m.collator.train_batch(_samples(2, "color"))).logits
+    assert torch.equal(after[..., :n], before)  # the base's behaviour on its own words is intact
+    # a word's rows depend on the word only, not on what else was added
+    m2 = build_tiny(TEXT, VISION, seed=0)
+    extend_vocabulary(m2, ["zebra"])
+    z1 = m.model.get_input_embeddings().weight[n + 2]
+    z2 = m2.model.get_input_embeddings().weight[n]
+    assert torch.equal(z1, z2)
+    assert extend_vocabulary(m, ["zebra"]) == []

@@ -23,7 +23,7 @@ from mcl.data import world as W
 
 @dataclass
 class Sample:
-    image: Image.Image
+    image: Image.Image  # the payload: a PIL image, or a numpy array for other modalities
     question: str
     answer: str
     refs: list[str]
@@ -40,13 +40,20 @@ class Recipe:
     make: Callable[[np.random.Generator], tuple[Image.Image, dict, str]]
     max_new_tokens: int = 8
     chance: float = 0.0  # expected score (0-100) of a uniform guess, for the README/report
+    modality: str = "image"  # image | video | audio | depth | points (payload type of `make`)
+    vocab: list[str] = field(default_factory=list)  # words answers may use beyond the templates
 
-    def sample(self, rng: np.random.Generator, heldout: bool = False) -> Sample:
+    def sample(
+        self, rng: np.random.Generator, heldout: bool = False, n_templates: int | None = None
+    ) -> Sample:
+        """One sample; ``n_templates`` limits training instructions to the first n templates
+        (CVIT's single-type = 1, multi-type = 5 paraphrases). ``make`` may put ``_refs`` (all
+        reference answers, e.g. several captions) and ``_meta`` into its fill dict."""
         image, fill, answer = self.make(rng)
-        pool = self.heldout_templates if heldout else self.train_templates
+        pool = self.heldout_templates if heldout else self.train_templates[:n_templates]
         question = pool[rng.integers(len(pool))].format(**fill)
         meta = {"template": "heldout" if heldout else "train", **fill.get("_meta", {})}
-        return Sample(image, question, answer, [answer], meta)
+        return Sample(image, question, answer, list(fill.get("_refs") or [answer]), meta)
 
 
 def _one_object(rng):

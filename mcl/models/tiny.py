@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -57,13 +58,19 @@ def pre_tokenizer():
     )
 
 
-def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+def words_of(texts: list[str]) -> set[str]:
     pre = pre_tokenizer()
-    words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(t)} - set(SPECIALS))
-    words = sorted(set(words) | {"USER", "ASSISTANT"})
-    vocab = {w: i for i, w in enumerate(SPECIALS + words)}
+    return {w for t in texts for w, _ in pre.pre_tokenize_str(t)}
+
+
+def build_tokenizer(texts: list[str], extra: list[str] = ()) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over ``texts``; ``extra`` words get the ids after them, so adding
+    extra words never renumbers the base vocabulary."""
+    words = sorted((words_of(texts) - set(SPECIALS)) | {"USER", "ASSISTANT"})
+    extra = sorted(set(extra) - set(words) - set(SPECIALS))
+    vocab = {w: i for i, w in enumerate(SPECIALS + words + extra)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre
+    tok.pre_tokenizer = pre_tokenizer()
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
@@ -146,6 +153,41 @@ def build_tiny(text: dict, vision: dict, seed: int = 0, pos_init_std: float | No
     return MLLM(model, processor, image_seq_length=n_img, name="tiny")
 
 
+def extend_vocabulary(mllm: MLLM, texts: list[str]) -> list[str]:
+    """Add the words of ``texts`` the base has never seen (the benchmarks' twins' words).
+
+    The base is pretrained on its world's vocabulary only, so adding a benchmark never
+    invalidates a cached base: new words get ids after the base's and embedding / output rows
+    drawn from a generator seeded by the word itself (the same row whatever else is added).
+    Returns the words added.
+    """
+    tok = mllm.tokenizer
+    new = sorted(words_of(texts) - set(tok.get_vocab()))
+    if not new:
+        return []
+    base_words = [w for w, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])]
+    n_base = len(base_words)
+    words = [w for w in base_words if w not in SPECIALS]
+    tok2 = build_tokenizer([" ".join(words)], extra=new)
+    assert [tok2.convert_ids_to_tokens(i) for i in range(n_base)] == base_words
+    vision = mllm.model.config.vision_config
+    processor = build_processor(tok2, vision.image_size, vision.patch_size)
+    model = mllm.model
+    model.resize_token_embeddings(len(tok2), mean_resizing=False)
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    with torch.no_grad():
+        e_std, h_std = emb[:n_base].std().item(), head[:n_base].std().item()
+        for i, w in enumerate(new, start=n_base):
+            g = torch.Generator().manual_seed(zlib.crc32(w.encode()))
+            emb[i] = torch.randn(emb.shape[1], generator=g) * e_std
+            head[i] = torch.randn(head.shape[1], generator=g) * h_std
+    model.config.text_config.vocab_size = len(tok2)
+    fresh = MLLM(model, processor, mllm.collator.image_seq_length, name=mllm.name, info=mllm.info)
+    mllm.processor, mllm.tokenizer, mllm.collator = fresh.processor, tok2, fresh.collator
+    mllm.info = {**mllm.info, "extra_words": len(new)}
+    return new
+
+
 def _lr_lambda(warmup: int, total: int, floor: float = 0.1):
     def f(step: int) -> float:
         if step < warmup:
@@ -213,7 +255,19 @@ def load_tiny_base(
     seed: int = 0,
     progress: bool = True,
     name: str = "tiny",
+    benchmark_words: bool = True,
 ) -> MLLM:
+    """The pretrained tiny base (cached), with every synthetic twin's words added to its
+    vocabulary (``benchmark_words``; see :func:`extend_vocabulary`)."""
+    mllm = _pretrained_base(text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, progress)
+    if benchmark_words:
+        from mcl.data import twins
+
+        extend_vocabulary(mllm, twins.vocabulary_texts())
+    return mllm
+
+
+def _pretrained_base(text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, progress) -> MLLM:
     """The pretrained tiny base: loaded from the cache, or built (and cached) on first use."""
     mllm = build_tiny(text, vision, seed=seed, pos_init_std=pos_init_std)
     vocab = list(mllm.tokenizer.get_vocab())
