@@ -16,8 +16,28 @@ from tqdm.auto import tqdm
 
 from mcl.eval.metrics import continual_metrics
 from mcl.eval.report import matrix_table, plot_matrix, write_matrix_csv
-from mcl.eval.scorers import build_scorer
+from mcl.eval.scorers import build_scorer, format_ok, scorer_mode_applies
 from mcl.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+class _SkipCounter(L.Callback):
+    """Counts the unreadable training samples the collator dropped; stops the run when a task's
+    share exceeds ``max_bad_share`` (checked once 100 samples were drawn, and at the end)."""
+
+    def __init__(self, dm):
+        self.dm, self.seen = dm, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        task = self.dm.bench.task_names[self.dm.task]
+        n = int(batch["n_skipped"])
+        self.seen += len(batch["input_ids"]) if "input_ids" in batch else 0
+        if n:
+            self.dm.count_skipped(task, "train", n, (batch.get("skipped_examples") or [None])[0])
+        if self.seen + self.dm.skipped.get(task, {}).get("train", 0) >= 100:
+            self.dm.check_bad_share(task, "train", self.seen)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.dm.check_bad_share(self.dm.bench.task_names[self.dm.task], "train", self.seen)
 
 
 class ContinualRunner:
@@ -34,8 +54,10 @@ class ContinualRunner:
         resume: bool = False,
         progress: bool = True,
         meta: dict | None = None,
+        scorer_mode: str = "strict",
     ):
         self.method, self.dm = method, datamodule
+        self.mode = scorer_mode
         self.bench = datamodule.bench
         self.out = Path(out_dir)
         self.trainer_kwargs = trainer_kwargs
@@ -50,20 +72,31 @@ class ContinualRunner:
             [None] * len(self.bench.unseen) for _ in range(T + 1)
         ]
         self.if_scores: list[dict] = [{} for _ in range(T + 1)]
+        # per row and task: % of answers in the required format (letter, box, number, ...)
+        self.format_scores: list[dict] = [{} for _ in range(T + 1)]
         self.params: list[dict] = []
         self.timings: dict[str, list[float] | float] = {"train_s": [], "eval_s": []}
         self.global_step = 0
 
     # ------------------------------------------------------------------ evaluation
+    def scorer_mode(self, scorer: str) -> str:
+        """The compatibility mode that actually applies to a scorer (others stay strict)."""
+        return self.mode if scorer_mode_applies(scorer, self.mode) else "strict"
+
     def evaluate_task(self, name: str, row: int) -> tuple[float, float | None]:
         """Score on the main test samples; the held-out-template samples give the IF score."""
         spec = self.bench.task(name)
-        main, held = build_scorer(spec["scorer"]), build_scorer(spec["scorer"])
-        records = []
+        mode = self.scorer_mode(spec["scorer"])
+        main, held = (
+            build_scorer(spec["scorer"], mode=mode),
+            build_scorer(spec["scorer"], mode=mode),
+        )
+        records, n_format = [], 0
         self.method.eval()
         for samples, batch in self.dm.test_batches(name):
             preds = self.method.generate(batch, max_new_tokens=spec.get("max_new_tokens", 8))
             for s, p in zip(samples, preds):
+                n_format += format_ok(spec["scorer"], spec.get("answer_type"), p)
                 heldout = s["meta"].get("template") == "heldout"
                 (held if heldout else main).update([p], [s["answers"]])
                 records.append(
@@ -73,6 +106,7 @@ class ContinualRunner:
         atomic_write_text(self.out / "predictions" / f"row{row}" / f"{name}.jsonl", lines)
         score = float(main.compute())
         held_score = float(held.compute()) if any(r["heldout"] for r in records) else None
+        self.format_scores[row][name] = 100.0 * n_format / max(1, len(records))
         return score, held_score
 
     def evaluate_row(self, row: int, columns: list[int]) -> None:
@@ -99,9 +133,8 @@ class ContinualRunner:
             enable_progress_bar=self.progress,
             num_sanity_val_steps=0,
             limit_val_batches=0,
-            callbacks=[*self.method.callbacks(), TQDMProgressBar(refresh_rate=20)]
-            if self.progress
-            else self.method.callbacks(),
+            callbacks=[*self.method.callbacks(), _SkipCounter(self.dm)]
+            + ([TQDMProgressBar(refresh_rate=20)] if self.progress else []),
             log_every_n_steps=10,
             **self.trainer_kwargs,
         )
@@ -123,7 +156,7 @@ class ContinualRunner:
 
     def train_task(self, t: int) -> None:
         L.seed_everything(self.seed * 1000 + t, workers=True, verbose=False)
-        self.dm.set_task(t)
+        self.dm.set_task(t, mix=self.method.train_mixture(t, self.bench))
         self.method.on_task_start(t, self.dm)
         self.check_trainable(t)
         self.params.append({"task": self.bench.task_names[t], **self.method.parameter_counts()})
@@ -155,9 +188,11 @@ class ContinualRunner:
             "matrix": self.matrix,
             "unseen_matrix": self.unseen,
             "if_scores": self.if_scores,
+            "format_scores": self.format_scores,
             "params": self.params,
             "timings": self.timings,
             "global_step": self.global_step,
+            "skipped": self.dm.skipped,
         }
 
     def try_resume(self) -> int:
@@ -172,7 +207,9 @@ class ContinualRunner:
         self.method.load_adapter_state(load_file(str(done[-1].parent / "adapters.safetensors")))
         self.matrix, self.unseen = state["matrix"], state["unseen_matrix"]
         self.if_scores, self.params = state["if_scores"], state["params"]
+        self.format_scores = state.get("format_scores", self.format_scores)
         self.timings, self.global_step = state["timings"], state["global_step"]
+        self.dm.skipped = state.get("skipped", {})
         self.method.current_task = t
         print(f"[mcl] resuming after task {t + 1} ({self.bench.task_names[t]})")
         return t + 1
@@ -202,6 +239,8 @@ class ContinualRunner:
         metrics = continual_metrics(self.matrix, unseen=self.unseen)
         last_if = [v for v in self.if_scores[-1].values() if v is not None]
         metrics["if_score"] = sum(last_if) / len(last_if) if last_if else None
+        last_fmt = list(self.format_scores[-1].values())
+        metrics["format_compliance"] = sum(last_fmt) / len(last_fmt) if last_fmt else None
         results = {
             "bench": self.bench.name,
             "data_source": self.bench.source,
@@ -214,6 +253,12 @@ class ContinualRunner:
             "matrix": self.matrix,
             "unseen_matrix": self.unseen,
             "if_scores": self.if_scores,
+            "format_scores": self.format_scores,
+            "scorers": {
+                t["name"]: {"scorer": t["scorer"], "mode": self.scorer_mode(t["scorer"])}
+                for t in self.bench.tasks + self.bench.unseen
+            },
+            "skipped": self.dm.skipped,
             "metrics": metrics,
             "params": self.params,
             "timings": self.timings,

@@ -20,10 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mcl.config import CONF_DIR, ConfigError, check_overrides
 from mcl.data.bench import BenchmarkError, prepare
-from mcl.data.datamodule import ContinualDataModule
+from mcl.data.datamodule import ContinualDataModule, DataError
 from mcl.runner import ContinualRunner, find_resumable
 
-USER_ERRORS = (ConfigError, BenchmarkError, FileNotFoundError)
+USER_ERRORS = (ConfigError, BenchmarkError, DataError, FileNotFoundError)
 
 
 def quiet_libraries() -> None:
@@ -36,12 +36,23 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*requires torchvision.*")
 
 
-def _loggers(cfg: DictConfig) -> list:
+def _loggers(cfg: DictConfig, data_source: str) -> list:
+    """The configured loggers; each records the data source (a W&B tag, a hyperparameter), so
+    a synthetic-twin run can never pass for a real-data one on a dashboard."""
     specs = [v for v in (cfg.get("logger") or {}).values() if v and "_target_" in v]
-    if any("Wandb" in v["_target_"] for v in specs) and not _wandb_key():
-        os.environ.setdefault("WANDB_MODE", "offline")
-        print("[mcl] no W&B API key found: logging offline (upload with `wandb sync`)")
-    return [instantiate(v) for v in specs]
+    loggers = []
+    for spec in specs:
+        kw = {}
+        if "Wandb" in spec["_target_"]:
+            if not _wandb_key():
+                os.environ.setdefault("WANDB_MODE", "offline")
+                print("[mcl] no W&B API key found: logging offline (upload with `wandb sync`)")
+            kw["tags"] = [*(spec.get("tags") or []), f"data:{data_source}"]
+        loggers.append(instantiate(spec, **kw))
+    info = {"bench": cfg.bench.name, "method": cfg.method.name, "seed": cfg.seed}
+    for lg in loggers:
+        lg.log_hyperparams({**info, "data_source": data_source})
+    return loggers
 
 
 def _wandb_key() -> bool:
@@ -63,6 +74,7 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
         num_workers=cfg.train.num_workers,
         seed=cfg.seed,
         eval_batch_size=cfg.eval.batch_size,
+        max_bad_share=cfg.data.max_bad_share,
     )
     config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.resume:
@@ -75,10 +87,11 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
         steps_per_task=cfg.train.steps,
         epochs_per_task=cfg.train.epochs,
         seed=cfg.seed,
-        loggers=_loggers(cfg),
+        loggers=_loggers(cfg, bench.source),
         resume=cfg.resume,
         progress=cfg.progress,
         meta={"config": config, "model_info": mllm.info},
+        scorer_mode=cfg.bench.get("scorer_mode", "strict"),
     )
 
 

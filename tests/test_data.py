@@ -132,25 +132,30 @@ def test_decoder_rejects_bad_samples_with_the_key():
         decode_sample({"__key__": "k3", "json": good, "png": b"\x89PNG truncated"})
 
 
-def test_corrupt_sample_in_a_shard_is_skipped_and_counted(tmp_path, bench_dir):
-    # rewrite one training shard with a broken PNG in its second sample
-    bench = Benchmark(bench_dir)
-    src = bench.shard_paths(bench.task("color"), "train")[0]
-    out = tmp_path / "t"
+def corrupt_copy(bench_dir, out, task="color", split="train", n_bad=1):
+    """A copy of the benchmark whose first ``task``/``split`` shard has ``n_bad`` broken PNGs."""
     import shutil
 
+    bench = Benchmark(bench_dir)
+    src = bench.shard_paths(bench.task(task), split)[0]
     shutil.copytree(bench_dir, out)
-    dst = out / bench.task("color")["train"]["shards"][0]
+    dst = out / bench.task(task)[split]["shards"][0]
     pngs = 0
     with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
         for m in tin.getmembers():
             data = tin.extractfile(m).read()
             if m.name.endswith(".png"):
                 pngs += 1
-                if pngs == 2:  # the second sample's image is cut short
+                if 2 <= pngs < 2 + n_bad:  # from the second sample on, images cut short
                     data = data[:20]
             m.size = len(data)
             tout.addfile(m, io.BytesIO(data))
+    return dst
+
+
+def test_corrupt_sample_in_a_shard_is_skipped_and_counted(tmp_path, bench_dir):
+    out = tmp_path / "t"
+    corrupt_copy(bench_dir, out)
     mllm = build_tiny(TEXT, VISION)
     dm = ContinualDataModule(Benchmark(out), mllm.collator, batch_size=8)
     dm.set_task(0)
@@ -191,3 +196,38 @@ def test_source_auto_falls_back_to_the_synthetic_twin_with_a_banner(tmp_path, ca
     assert real.source == "real" and real.root == bench.root
     with pytest.raises(BenchmarkError, match="bench.root is not set"):
         prepare(compose_cfg(tmp_path, [*MICRO, "bench.source=real"]).bench, cfg.paths.data_dir)
+
+
+def test_corrupt_test_samples_are_skipped_counted_and_named(tmp_path, bench_dir):
+    from mcl.data.datamodule import DataError
+
+    out = tmp_path / "t"
+    shard = corrupt_copy(bench_dir, out, task="compose", split="test", n_bad=1)
+    mllm = build_tiny(TEXT, VISION)
+    dm = ContinualDataModule(Benchmark(out), mllm.collator, max_bad_share=0.2)
+    assert len(dm.test_samples("compose")) == 11  # 12 written, 1 unreadable
+    entry = dm.skipped["compose"]
+    assert entry["test"] == 1 and shard.name in entry["examples"][0]
+    # above the allowed share: one line naming the shard and the fix
+    dm = ContinualDataModule(Benchmark(out), mllm.collator, max_bad_share=0.05)
+    with pytest.raises(DataError, match=rf"compose.*{shard.name}.*max_bad_share") as e:
+        dm.test_samples("compose")
+    assert "\n" not in str(e.value)
+
+
+def test_a_task_mixture_interleaves_tasks_by_weight(bench_dir):
+    from collections import Counter
+
+    mllm = build_tiny(TEXT, VISION)
+    dm = ContinualDataModule(Benchmark(bench_dir), mllm.collator, batch_size=8, seed=0)
+    dm.set_task(2, mix={0: 1.0, 2: 3.0})
+    ds = dm.train_dataloader().dataset
+    tasks = [s["task"] for s in ds]
+    assert len(tasks) == 80  # the epoch covers both tasks' sizes
+    c = Counter(tasks)
+    assert set(c) == {"color", "ocr"} and 0.15 < c["color"] / 80 < 0.4
+    # interleaved, not task after task: the first 16 samples already hold both
+    assert len(set(tasks[:16])) == 2
+    assert [s["key"] for s in dm.train_dataloader().dataset][:16] != []
+    with pytest.raises(ValueError, match="mixture"):
+        dm.set_task(0, mix={5: 1.0})

@@ -31,6 +31,14 @@ def test_results_files_and_schedule(first_run):
     assert r == json.loads(json.dumps(results))
     assert r["tasks"] == ["color", "position", "count"] and r["unseen_tasks"] == ["compose"]
     assert r["data_source"] == "synthetic" and r["complete"] is True
+    hparams = next((out / "logs").rglob("hparams.yaml")).read_text()
+    assert "data_source: synthetic" in hparams  # the logger records the source too
+    assert r["scorers"]["color"] == {"scorer": "vqa", "mode": "strict"}
+    assert r["skipped"] == {}
+    # answer-format compliance for every evaluated task, in the report's metrics too
+    assert set(r["format_scores"][3]) == {"color", "position", "count", "compose"}
+    assert all(0 <= v <= 100 for row in r["format_scores"] for v in row.values())
+    assert r["metrics"]["format_compliance"] is not None
     m = r["matrix"]
     assert len(m) == 4 and all(len(row) == 3 for row in m)
     # row 0 and row T are full; after task 1: tasks 1-2 (forward transfer), task 3 not evaluated
@@ -128,3 +136,42 @@ def test_cli_multirun_sweep_writes_one_result_per_job(tmp_path):
     assert [r.parent.name for r in results] == ["0_synth_seq_lora_s0", "1_synth_seq_lora_s1"]
     seeds = [json.loads(r.read_text())["seed"] for r in results]
     assert seeds == [0, 1]
+
+
+def test_unreadable_training_data_stops_the_run_keeping_finished_tasks(tmp_path):
+    from mcl.data.bench import prepare
+    from mcl.data.datamodule import DataError
+    from tests.test_data import corrupt_copy
+
+    cfg = compose_cfg(tmp_path, MICRO)
+    clean = prepare(cfg.bench, cfg.paths.data_dir, progress=False).root
+    bad_root = tmp_path / "bad"
+    shard = corrupt_copy(clean, bad_root, task="position", split="train", n_bad=60)
+    cfg = compose_cfg(tmp_path, [*MICRO, "bench.source=real", f"bench.root={bad_root}"])
+    with pytest.raises(DataError, match=rf"position.*{shard.name}"):
+        run(cfg, Path(cfg.paths.output_dir))
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert r["complete"] is False and r["data_source"] == "real"
+    assert r["matrix"][1][0] is not None  # task 1 finished before the bad data was met
+    assert (tmp_path / "run" / "checkpoints" / "task00" / "adapters.safetensors").exists()
+    # tolerated below the threshold: the run completes and results.json has the count
+    cfg = compose_cfg(
+        tmp_path / "ok",
+        [*MICRO, "bench.source=real", f"bench.root={bad_root}", "data.max_bad_share=0.9"],
+    )
+    res = run(cfg, Path(cfg.paths.output_dir))
+    assert res["complete"] and res["skipped"]["position"]["train"] > 0
+    assert shard.name in res["skipped"]["position"]["examples"][0]
+
+
+def test_joint_trains_on_a_growing_mixture(tmp_path):
+    cfg = compose_cfg(tmp_path, [*MICRO, "method=joint"])
+    res = run(cfg, Path(cfg.paths.output_dir))
+    assert res["method"] == "joint" and res["complete"]
+    from mcl.methods.joint import Joint
+
+    class B:
+        tasks = [{"train": {"samples": 10}}, {"train": {"samples": 30}}, {"train": {"samples": 5}}]
+
+    assert Joint().train_mixture(1, B) == {0: 10.0, 1: 30.0}
+    assert Joint(cumulative=False).train_mixture(0, B) == {0: 10.0, 1: 30.0, 2: 5.0}

@@ -1,21 +1,35 @@
 """Scorer rules on hand-checked cases: VQA normalisation and soft accuracy, exact match,
-multiple-choice letter extraction, grounding IoU, and the torchmetrics sum/count plumbing."""
+multiple-choice letter extraction, grounding IoU, the torchmetrics sum/count plumbing, the
+registry, and each compatibility mode against strict on an example where they differ."""
 
 import math
 
 import pytest
 import torch
 
+from mcl.eval.caption import BLEU4, CaptionAvg7, CIDErD, RougeL
 from mcl.eval.scorers import (
+    SCORER_MODES,
+    SCORER_NAMES,
+    CoinGroundingIoU,
+    CoinVQAExact,
     ExactMatch,
     GroundingIoU,
+    MCITlibContains,
     MultipleChoice,
     VQAAccuracy,
     box_iou,
     build_scorer,
+    coin_iou_score,
+    coin_parse_box,
+    coin_vqa_exact_score,
+    effective_scorer_mode,
     extract_choice,
+    iou_score,
+    mcitlib_contains_score,
     normalize_vqa,
     parse_box,
+    scorer_mode_applies,
     vqa_score,
 )
 
@@ -40,6 +54,11 @@ from mcl.eval.scorers import (
         ("Isnt it", "isn't it"),
         ("couldntve", "couldn't've"),
         ("well", "well"),  # not read as "we'll"
+        ("3:30", "3:30"),  # ":" is not in the official punctuation list
+        ("red/blue", "red blue"),  # "/" inside a word becomes a space
+        ("What?", "what"),
+        ("Three Cats", "3 cats"),
+        ("(a) dog", "dog"),  # "(" -> space, ")" touches a space -> deleted; "a" is an article
     ],
 )
 def test_normalize_vqa(raw, expected):
@@ -176,9 +195,125 @@ def test_build_scorer():
     assert isinstance(build_scorer("exact"), ExactMatch)
     assert isinstance(build_scorer("mc"), MultipleChoice)
     assert isinstance(build_scorer("iou"), GroundingIoU)
+    assert isinstance(build_scorer("cider"), CIDErD)
+    assert isinstance(build_scorer("bleu4"), BLEU4)
+    assert isinstance(build_scorer("rougeL"), RougeL)
     assert build_scorer("vqa") is not build_scorer("vqa")
     with pytest.raises(ValueError, match="unknown scorer 'bleu'; choose one of: vqa, exact"):
         build_scorer("bleu")
+
+
+def test_build_scorer_modes_and_errors():
+    assert SCORER_NAMES == ("vqa", "exact", "mc", "iou", "cider", "bleu4", "rougeL")
+    assert SCORER_MODES[0] == "strict" and len(SCORER_MODES) == 5
+    expected = {
+        ("vqa", "coin_vqa_exact"): CoinVQAExact,
+        ("vqa", "mcitlib_contains"): MCITlibContains,
+        ("exact", "mcitlib_contains"): MCITlibContains,
+        ("iou", "coin_grounding"): CoinGroundingIoU,
+        ("cider", "mcitlib_caption_avg7"): CaptionAvg7,
+    }
+    for name in SCORER_NAMES:
+        strict_type = type(build_scorer(name))
+        for mode in SCORER_MODES:
+            applies = scorer_mode_applies(name, mode)
+            assert applies == (mode == "strict" or (name, mode) in expected)
+            assert effective_scorer_mode(name, mode) == (mode if applies else "strict")
+            # a mode changes only the scorers it concerns
+            want = expected.get((name, mode), strict_type)
+            assert type(build_scorer(name, mode=mode)) is want
+    with pytest.raises(
+        ValueError, match="unknown scorer mode 'coin'; choose one of: strict, coin_"
+    ):
+        build_scorer("vqa", mode="coin")
+    with pytest.raises(ValueError, match="unknown scorer mode"):
+        scorer_mode_applies("vqa", "loose")
+    with pytest.raises(ValueError, match="unknown scorer 'CIDEr'"):
+        scorer_mode_applies("CIDEr", "strict")
+    for bad in (lambda: build_scorer("x"), lambda: build_scorer("vqa", mode="x")):
+        with pytest.raises(ValueError) as err:
+            bad()
+        assert "\n" not in str(err.value)
+
+
+def test_coin_vqa_exact_mode():
+    ten = ["2"] * 9 + ["two"]
+    assert vqa_score("Two", ten) == 1.0
+    assert coin_vqa_exact_score("Two", ten) == 0.0  # no number-word mapping
+    assert coin_vqa_exact_score("YES ", ["yes", "no"]) == 1.0  # case-insensitive, stripped
+    assert coin_vqa_exact_score("no", ["yes", "no", "no", "no"]) == 0.0  # first reference only
+    assert vqa_score("no", ["yes", "no", "no", "no"]) == 1.0
+    assert coin_vqa_exact_score("yes.", ["yes"]) == 0.0  # punctuation is not stripped
+    strict, coin = build_scorer("vqa"), build_scorer("vqa", mode="coin_vqa_exact")
+    for metric in (strict, coin):
+        metric.update(["Two", "yes"], [ten, ["Yes"]])
+        metric.update(["no"], [["yes", "no", "no", "no"]])
+    assert strict.compute().item() == pytest.approx(100.0)
+    assert coin.compute().item() == pytest.approx(100 / 3, rel=1e-6)
+    # exact match and grounding stay strict under this mode
+    assert type(build_scorer("exact", mode="coin_vqa_exact")) is ExactMatch
+    assert type(build_scorer("iou", mode="coin_vqa_exact")) is GroundingIoU
+
+
+def test_mcitlib_contains_mode():
+    assert mcitlib_contains_score("It is a black cat.", ["cat"]) == 1.0
+    assert ExactMatch().score_one("It is a black cat.", ["cat"]) == 0.0
+    assert mcitlib_contains_score("Concatenate", ["cat"]) == 1.0  # plain substring
+    assert mcitlib_contains_score("1,000 people", ["1000"]) == 1.0  # "," dropped
+    assert mcitlib_contains_score("dog", ["cat", "dog"]) == 1.0
+    assert mcitlib_contains_score("a dog", ["cat"]) == 0.0
+    # a prediction containing "Unanswerable" is skipped (0) even when the reference agrees
+    assert mcitlib_contains_score("Unanswerable", ["unanswerable"]) == 0.0
+    assert (
+        mcitlib_contains_score("unanswerable", ["unanswerable"]) == 1.0
+    )  # check is case-sensitive
+    assert ExactMatch().score_one("Unanswerable", ["unanswerable"]) == 1.0
+    strict, mcit = build_scorer("exact"), build_scorer("exact", mode="mcitlib_contains")
+    preds = ["It is a black cat.", "Unanswerable", "dog"]
+    refs = [["cat"], ["unanswerable"], ["dog"]]
+    for metric in (strict, mcit):
+        metric.update(preds[:2], refs[:2])
+        metric.update(preds[2:], refs[2:])
+    assert strict.compute().item() == pytest.approx(200 / 3, rel=1e-6)
+    # the skipped sample stays in the denominator: 2 of 3, not 2 of 2
+    assert mcit.compute().item() == pytest.approx(200 / 3, rel=1e-6)
+    assert mcit.count.item() == 3 and mcit.skipped.item() == 1
+    assert isinstance(build_scorer("vqa", mode="mcitlib_contains"), MCITlibContains)
+    assert type(build_scorer("mc", mode="mcitlib_contains")) is MultipleChoice
+
+
+def test_coin_parse_box_drops_characters():
+    # brackets deleted, then [1:-1] cuts the first and the last character
+    assert coin_parse_box("[0.12, 0.30, 0.56, 0.78]") == (0.12, 0.30, 0.56, 0.7)
+    assert coin_parse_box(" [0.12, 0.30, 0.56, 0.78]") == (0.12, 0.30, 0.56, 0.7)  # one space
+    assert coin_parse_box("[1.0, 0.2, 0.5, 0.6]") == (0.0, 0.2, 0.5, 0.0)  # ".0" and "0."
+    assert coin_parse_box("[0, 0, 1, 1]") is None  # first number eaten whole
+    assert coin_parse_box("The box is [0.1, 0.2, 0.3, 0.4]") is None  # text around it
+    assert coin_parse_box("[0.1, 0.2, 0.3]") is None
+    assert coin_parse_box("") is None
+    assert parse_box("[0.12, 0.30, 0.56, 0.78]") == (0.12, 0.30, 0.56, 0.78)
+
+
+def test_coin_grounding_mode():
+    ref = ["[0.2, 0.2, 0.6, 0.6]"]
+    # y2 "0.6" -> "0." = 0.0: a degenerate box
+    assert iou_score("[0.2, 0.2, 0.6, 0.6]", ref) == 1.0
+    assert coin_iou_score("[0.2, 0.2, 0.6, 0.6]", ref) == 0.0
+    assert coin_iou_score("[0.2, 0.2, 0.6, 0.61]", ref) == 1.0  # a 2-decimal y2 survives
+    # IoU exactly 0.5: strict counts it (>=), CoIN does not (>)
+    half = "[0.0, 0.0, 1.0, 0.50]"
+    assert iou_score(half, ["[0, 0, 1, 1]"]) == 1.0
+    assert coin_iou_score(half, ["[0, 0, 1, 1]"]) == 0.0
+    strict, coin = build_scorer("iou"), build_scorer("iou", mode="coin_grounding")
+    preds = ["[0.2, 0.2, 0.6, 0.6]", "box: [0.2, 0.2, 0.6, 0.61]", "[0.2, 0.2, 0.6, 0.61]"]
+    for metric in (strict, coin):
+        metric.update(preds[:1], [ref])
+        metric.update(preds[1:], [ref, ref])
+    assert strict.compute().item() == pytest.approx(100.0)
+    assert coin.compute().item() == pytest.approx(100 / 3, rel=1e-6)
+    assert strict.unparsable.item() == 0 and coin.unparsable.item() == 1
+    with pytest.raises(ValueError, match="no box"):
+        coin_iou_score("[0.1, 0.1, 0.5, 0.5]", ["left"])
 
 
 def test_compute_returns_float_tensor():

@@ -58,6 +58,12 @@ class Benchmark:
         return self._by_name[name]
 
     def shard_paths(self, spec: dict, split: str) -> list[Path]:
+        if split not in spec:
+            raise BenchmarkError(
+                f"task '{spec['name']}' has no {split} shards under {self.root}; run "
+                f"`python -m mcl.data.convert --bench {self.name} --task {spec['name']} "
+                f"--split {split} ...` first"
+            )
         files = [self.root / f for f in spec[split]["shards"]]
         absent = [str(f) for f in files if not f.exists()]
         if absent:
@@ -87,14 +93,20 @@ def prepare(cfg, data_dir: str | Path, progress: bool = True) -> Benchmark:
                 f"bench.source=real but bench.root is not set; pass bench.root=/path/to/{cfg.name}"
             )
         return Benchmark(Path(root).expanduser(), cfg.tasks, cfg.get("unseen") or [], "real")
-    if source == "auto":
+    if source == "auto" and cfg.synthetic.get("twin", "synth") is not None:
         print(
             f"[mcl] bench={cfg.name}: no real data under bench.root={root}; running its "
             "SYNTHETIC twin (results are marked data_source=synthetic). To use real data, "
             "convert it to shards and pass bench.root=<dir with bench.json>."
         )
     syn = cfg.synthetic
-    key = synth.spec_hash(
+    twin = syn.get("twin", "synth")
+    if twin is None:
+        raise BenchmarkError(
+            f"bench={cfg.name} has no synthetic twin; convert the real data with "
+            f"`python -m mcl.data.convert --bench {cfg.name} ...` and pass bench.root=<dir>"
+        )
+    kw = dict(
         name=cfg.name,
         tasks=list(cfg.tasks),
         unseen=list(cfg.get("unseen") or []),
@@ -103,16 +115,10 @@ def prepare(cfg, data_dir: str | Path, progress: bool = True) -> Benchmark:
         test=syn.test,
         shard_size=syn.shard_size,
     )
+    extra = {"twin": twin} if twin != "synth" else {}
+    if syn.get("instructions"):
+        extra["instructions"] = int(syn.instructions)
+    key = synth.spec_hash(**kw, **extra)
     out = Path(data_dir).expanduser() / "synthetic" / f"{cfg.name}-{key}"
-    synth.generate(
-        out,
-        cfg.name,
-        list(cfg.tasks),
-        list(cfg.get("unseen") or []),
-        seed=syn.seed,
-        train=syn.train,
-        test=syn.test,
-        shard_size=syn.shard_size,
-        progress=progress,
-    )
+    synth.generate(out, **kw, progress=progress, **extra)
     return Benchmark(out, list(cfg.tasks), list(cfg.get("unseen") or []), "synthetic")

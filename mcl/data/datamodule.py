@@ -6,7 +6,13 @@ epoch — and ``with_epoch`` so an epoch has a known length. Evaluation reads a 
 whole, in order, in one process, so every test sample counts exactly once.
 
 Corrupt samples are skipped and counted: the decoder turns them into marker records, the collator
-drops them and reports the count in the batch (a counter inside a worker would never reach us).
+drops them and reports the count in the batch (a counter inside a worker would never reach us);
+test sets skip and count them when read. Above ``max_bad_share`` of a task's samples the run stops
+with a :class:`DataError` naming a bad shard.
+
+A method may train on a *mixture* of tasks (``set_task(t, mix={task: weight})``): joint training,
+replay. Each task then streams from its own pipeline and samples are interleaved at random by
+weight, so every batch mixes tasks.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
 from mcl.data.bench import Benchmark
-from mcl.data.shards import BadSample, decode_sample, read_shards
+from mcl.data.shards import BadSample, decode_sample
 
 
 class _EpochShuffle:
@@ -56,20 +62,63 @@ class _EpochShuffle:
         yield from buf
 
 
+class DataError(RuntimeError):
+    """Too much unreadable data; the message names a bad shard and the fix."""
+
+
 def _decode_or_mark(raw):
     # webdataset's map drops None results, so a corrupt sample travels as a marker record that
     # the collator counts (a counter in a worker process would never reach the trainer)
     try:
         return decode_sample(raw)
     except BadSample as e:
-        return {"corrupt": str(e)}
+        return {"corrupt": str(e), "shard": str(raw.get("__url__", "?"))}
 
 
 def _skip_tar_errors(exn) -> bool:
-    # a truncated or unreadable tar member: keep streaming (counted via None samples is not
-    # possible here, so the warning names it)
+    # a truncated or unreadable tar: the rest of that shard is lost, keep streaming; the
+    # epoch's missing samples show up as a short task (logged), the warning names the shard
     print(f"[mcl] skipped unreadable shard data: {exn}")
     return True
+
+
+def _read_test(paths, bad: list[str]) -> list[dict]:
+    """Every readable sample of the shards, in order; unreadable ones are named in ``bad``."""
+    urls = [str(p) for p in paths]
+
+    def on_tar_error(exn) -> bool:
+        bad.append(f"{type(exn).__name__}: {exn}")
+        return True
+
+    good = []
+    ds = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=on_tar_error))
+    for raw in ds:
+        try:
+            good.append(decode_sample(raw))
+        except BadSample as e:
+            bad.append(f"{raw.get('__url__', '?')}: {e}")
+    return good
+
+
+class _Mix(torch.utils.data.IterableDataset):
+    """Interleave several endless sample streams, choosing one per sample by weight."""
+
+    def __init__(self, sources: list, weights: list[float], seed: int):
+        self.sources, self.seed = sources, seed
+        total = sum(weights)
+        self.weights = [w / total for w in weights]
+
+    def __iter__(self):
+        info = get_worker_info()
+        rng = random.Random(zlib.crc32(f"mix/{self.seed}/{info.id if info else 0}".encode()))
+        its = [iter(s) for s in self.sources]
+        while True:
+            k = rng.choices(range(len(its)), self.weights)[0]
+            try:
+                yield next(its[k])
+            except StopIteration:  # a stream ran dry: start its next pass
+                its[k] = iter(self.sources[k])
+                yield next(its[k])
 
 
 class ContinualDataModule(L.LightningDataModule):
@@ -82,8 +131,13 @@ class ContinualDataModule(L.LightningDataModule):
         seed: int = 0,
         shuffle_buffer: int = 512,
         eval_batch_size: int = 64,
+        max_bad_share: float = 0.01,
     ):
         super().__init__()
+        self.max_bad_share = max_bad_share
+        # per task: {"train": n, "test": n, "examples": [...]} of skipped (unreadable) samples
+        self.skipped: dict[str, dict] = {}
+        self.mix: dict[int, float] | None = None
         self.bench, self.collator = bench, collator
         self.batch_size, self.num_workers = batch_size, num_workers
         self.eval_batch_size = eval_batch_size
@@ -92,26 +146,41 @@ class ContinualDataModule(L.LightningDataModule):
         self._test_cache: dict[str, list[dict]] = {}
 
     # ------------------------------------------------------------------ training
-    def set_task(self, t: int) -> None:
-        """Swap to task ``t``'s training shards (0-based index into ``bench.tasks``)."""
-        if not 0 <= t < len(self.bench.tasks):
-            raise IndexError(f"task index {t} out of range 0..{len(self.bench.tasks) - 1}")
-        self.task = t
+    def set_task(self, t: int, mix: dict[int, float] | None = None) -> None:
+        """Swap to task ``t``'s training shards (0-based index into ``bench.tasks``), or to a
+        mixture ``{task index: weight}`` (weights need not sum to 1)."""
+        T = len(self.bench.tasks)
+        if not 0 <= t < T:
+            raise IndexError(f"task index {t} out of range 0..{T - 1}")
+        if mix is not None and (not mix or any(not 0 <= j < T or w < 0 for j, w in mix.items())):
+            raise ValueError(f"bad task mixture {mix}: task indices 0..{T - 1}, weights >= 0")
+        self.task, self.mix = t, (dict(mix) if mix else None)
+
+    def count_skipped(self, task: str, split: str, n: int, example: str | None = None) -> None:
+        entry = self.skipped.setdefault(task, {"train": 0, "test": 0, "examples": []})
+        entry[split] += n
+        if example and len(entry["examples"]) < 3:
+            entry["examples"].append(example)
+
+    def check_bad_share(self, task: str, split: str, seen: int) -> None:
+        """Stop the run when more than ``max_bad_share`` of a task's samples were unreadable."""
+        entry = self.skipped.get(task)
+        if not entry or not entry[split]:
+            return
+        share = entry[split] / max(1, seen + entry[split])
+        if share > self.max_bad_share:
+            where = entry["examples"][0] if entry["examples"] else "?"
+            raise DataError(
+                f"task '{task}' ({split}): {entry[split]} of {seen + entry[split]} samples "
+                f"unreadable ({share:.1%} > data.max_bad_share={self.max_bad_share}), e.g. "
+                f"{where}; regenerate or re-convert that shard, or raise data.max_bad_share"
+            )
 
     def train_urls(self, t: int) -> list[str]:
         return [str(p) for p in self.bench.shard_paths(self.bench.tasks[t], "train")]
 
-    def train_dataloader(self) -> DataLoader:
-        if self.task is None:
-            raise RuntimeError("call set_task(t) before training")
-        urls = self.train_urls(self.task)
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        # every worker needs at least one shard (webdataset dies on an empty worker)
-        workers = max(0, min(self.num_workers, len(urls) // world))
-        n = self.bench.tasks[self.task]["train"]["samples"]
-        per_worker = math.ceil(n / world / max(1, workers))
-        seed = self.seed * 1000 + self.task
-        pipeline = wds.DataPipeline(
+    def _stream(self, urls: list[str], seed: int) -> wds.DataPipeline:
+        return wds.DataPipeline(
             wds.SimpleShardList(urls),
             wds.split_by_node,
             wds.split_by_worker,
@@ -119,7 +188,27 @@ class ContinualDataModule(L.LightningDataModule):
             wds.tarfile_to_samples(handler=_skip_tar_errors),
             _EpochShuffle(seed + 1, self.shuffle_buffer),
             wds.map(_decode_or_mark),
-        ).with_epoch(per_worker)
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.task is None:
+            raise RuntimeError("call set_task(t) before training")
+        mix = self.mix or {self.task: 1.0}
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        # every worker needs at least one shard of every stream (webdataset dies on an empty one)
+        fewest = min(len(self.train_urls(j)) for j in mix)
+        workers = max(0, min(self.num_workers, fewest // world))
+        n = sum(self.bench.tasks[j]["train"]["samples"] for j in mix)
+        per_worker = math.ceil(n / world / max(1, workers))
+        seed = self.seed * 1000 + self.task
+        if len(mix) == 1:
+            (j,) = mix
+            pipeline = self._stream(self.train_urls(j), seed).with_epoch(per_worker)
+        else:
+            streams = [self._stream(self.train_urls(j), seed + 10 * (j + 1)) for j in mix]
+            pipeline = wds.DataPipeline(_Mix(streams, list(mix.values()), seed)).with_epoch(
+                per_worker
+            )
         return DataLoader(
             pipeline,
             batch_size=self.batch_size,
@@ -129,14 +218,22 @@ class ContinualDataModule(L.LightningDataModule):
         )
 
     def steps_per_epoch(self, t: int) -> int:
-        return math.ceil(self.bench.tasks[t]["train"]["samples"] / self.batch_size)
+        mix = self.mix if self.mix and t == self.task else {t: 1.0}
+        n = sum(self.bench.tasks[j]["train"]["samples"] for j in mix)
+        return math.ceil(n / self.batch_size)
 
     # ------------------------------------------------------------------ evaluation
     def test_samples(self, task_name: str) -> list[dict]:
         """All test samples of a task (sequence or unseen), decoded once and cached."""
         if task_name not in self._test_cache:
             spec = self.bench.task(task_name)
-            self._test_cache[task_name] = read_shards(self.bench.shard_paths(spec, "test"))
+            bad: list[str] = []
+            good = _read_test(self.bench.shard_paths(spec, "test"), bad)
+            if bad:
+                self.count_skipped(task_name, "test", len(bad), bad[0])
+                print(f"[mcl] {task_name}: skipped {len(bad)} unreadable test sample(s): {bad[0]}")
+                self.check_bad_share(task_name, "test", len(good))
+            self._test_cache[task_name] = good
         return self._test_cache[task_name]
 
     def test_batches(self, task_name: str):

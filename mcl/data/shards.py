@@ -1,18 +1,37 @@
 """Sample schema and WebDataset shard I/O.
 
 A sample in a shard is ``__key__`` + ``json`` (task, modality, LLaVA-style ``conversations``,
-``answer_type``, ``answers`` = all references, ``meta``) + the payload by modality (``png`` for
-images). Shards are written with a fixed mtime so the same seed gives byte-identical tars.
+``answer_type``, ``answers`` = all references, ``meta``) + the payload by modality:
+
+=========  ==========================================  =====================================
+modality   tar members                                 decoded ``payload``
+=========  ==========================================  =====================================
+image      ``png`` (or ``jpg``/``jpeg``)               PIL RGB image
+video      ``frames.npy``                              ``uint8 [F, H, W, 3]``
+audio      ``wav`` (16-bit PCM mono, 16 kHz) or        ``float32 [N]`` waveform in [-1, 1)
+           ``npy`` (float waveform at 16 kHz)
+depth      ``depth.png`` (8-bit grey, metres x 32,     ``uint8 [H, W]`` depth map; the RGB
+           smaller = nearer) + ``png`` (the RGB view)  image is ``sample["rgb"]``
+points     ``points.npy``                              ``float32 [N, 3]``
+=========  ==========================================  =====================================
+
+Decoded samples also carry ``image``: the 48x48 RGB view image-only models consume
+(:func:`mcl.data.world_av.as_image`; the image itself for images). Shards are written with a fixed
+mtime so the same seed gives byte-identical tars.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import wave
 from pathlib import Path
 
+import numpy as np
 import webdataset as wds
 from PIL import Image
+
+from mcl.data.world_av import MODALITIES, RGBD, SAMPLE_RATE, as_image, infer_modality
 
 FIXED_MTIME = 1_700_000_000.0  # reproducible tar headers
 
@@ -27,17 +46,60 @@ def encode_image(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def encode_npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_wav(x: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
+    """A mono waveform in [-1, 1] as 16-bit PCM WAV (``round(x * 32768)``, clipped)."""
+    pcm = np.clip(np.round(np.asarray(x, np.float64) * 32768), -32768, 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+def _payload_members(modality: str, payload) -> dict[str, bytes]:
+    if modality == "image":
+        return {"png": encode_image(payload)}
+    if modality == "video":
+        return {"frames.npy": encode_npy(np.asarray(payload, np.uint8))}
+    if modality == "audio":
+        return {"wav": encode_wav(payload)}
+    if modality == "depth":
+        rgbd = payload if isinstance(payload, RGBD) else RGBD(None, payload)
+        depth = np.asarray(rgbd.depth)
+        if depth.ndim != 2 or depth.dtype != np.uint8:
+            raise ValueError(f"a depth map must be uint8 [H, W], got {depth.dtype} {depth.shape}")
+        out = {"depth.png": encode_image(Image.fromarray(np.ascontiguousarray(depth)))}
+        if rgbd.rgb is not None:
+            out["png"] = encode_image(rgbd.rgb)
+        return out
+    if modality == "points":
+        return {"points.npy": encode_npy(np.asarray(payload, np.float32))}
+    raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
+
+
 def make_record(
     key: str,
     task: str,
     question: str,
     answer: str,
     refs: list[str],
-    image: Image.Image,
+    payload,
     answer_type: str,
     meta: dict | None = None,
-    modality: str = "image",
+    modality: str | None = None,
 ) -> dict:
+    """One sample's tar members. ``payload`` is the native payload (see the module docstring;
+    depth takes an :class:`~mcl.data.world_av.RGBD` or a bare depth map); ``modality`` defaults
+    to the one the payload's type implies."""
+    modality = modality or infer_modality(payload)
     record = {
         "task": task,
         "modality": modality,
@@ -49,7 +111,11 @@ def make_record(
         "answers": refs,
         "meta": meta or {},
     }
-    return {"__key__": key, "json": json.dumps(record).encode(), "png": encode_image(image)}
+    return {
+        "__key__": key,
+        "json": json.dumps(record).encode(),
+        **_payload_members(modality, payload),
+    }
 
 
 def write_shards(pattern: str, records, shard_size: int) -> list[str]:
@@ -65,10 +131,77 @@ def write_shards(pattern: str, records, shard_size: int) -> list[str]:
     return names
 
 
-def decode_sample(raw: dict) -> dict:
-    """Raw tar members -> ``{"key", "image", "question", "answer", "answers", ...}``.
+def _png(data: bytes, mode: str) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img.convert(mode)
 
-    Raises :class:`BadSample` with the key and the reason, never a bare decoder error.
+
+def _npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _decode_wav(data: bytes) -> np.ndarray:
+    with wave.open(io.BytesIO(data), "rb") as w:
+        if w.getsampwidth() != 2 or w.getnchannels() != 1:
+            raise ValueError(
+                f"wav must be 16-bit mono, got {8 * w.getsampwidth()}-bit x {w.getnchannels()}"
+            )
+        if w.getframerate() != SAMPLE_RATE:
+            raise ValueError(f"wav must be {SAMPLE_RATE} Hz, got {w.getframerate()}")
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    if len(pcm) == 0:
+        raise ValueError("empty wav")
+    return (pcm.astype(np.float32) / 32768).astype(np.float32)
+
+
+def _decode_payload(raw: dict, modality: str):
+    """``(payload, extra fields)`` of one sample; raises on anything missing or malformed."""
+    if modality == "image":
+        for ext in ("png", "jpg", "jpeg"):
+            if ext in raw:
+                return _png(raw[ext], "RGB"), {}
+        raise KeyError("no image payload (png/jpg)")
+    if modality == "video":
+        if "frames.npy" not in raw:
+            raise KeyError("no video payload (frames.npy)")
+        a = _npy(raw["frames.npy"])
+        if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3 or 0 in a.shape:
+            raise ValueError(f"frames.npy must be uint8 [F, H, W, 3], got {a.dtype} {a.shape}")
+        return a, {}
+    if modality == "audio":
+        if "wav" in raw:
+            return _decode_wav(raw["wav"]), {}
+        if "npy" in raw:
+            a = _npy(raw["npy"])
+            if a.ndim != 1 or a.dtype.kind != "f" or len(a) == 0 or not np.isfinite(a).all():
+                raise ValueError(f"npy audio must be a finite float [N], got {a.dtype} {a.shape}")
+            return a.astype(np.float32), {}
+        raise KeyError("no audio payload (wav/npy)")
+    if modality == "depth":
+        if "depth.png" not in raw:
+            raise KeyError("no depth payload (depth.png)")
+        depth = np.asarray(_png(raw["depth.png"], "L"), np.uint8).copy()
+        extra = {"rgb": _png(raw["png"], "RGB")} if "png" in raw else {}
+        return depth, extra
+    if modality == "points":
+        if "points.npy" not in raw:
+            raise KeyError("no points payload (points.npy)")
+        a = _npy(raw["points.npy"])
+        if a.ndim != 2 or a.shape[1] != 3 or a.dtype.kind != "f" or len(a) < 3:
+            raise ValueError(f"points.npy must be float [N, 3], got {a.dtype} {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError("points.npy holds non-finite values")
+        return a.astype(np.float32), {}
+    raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
+
+
+def decode_sample(raw: dict) -> dict:
+    """Raw tar members -> ``{"key", "image", "payload", "modality", "question", "answer", ...}``.
+
+    ``payload`` is the native payload, ``image`` the RGB view image-only models consume (see the
+    module docstring); depth samples add ``rgb``. Raises :class:`BadSample` with the key and the
+    reason, never a bare decoder error.
     """
     key = raw.get("__key__", "?")
     try:
@@ -76,21 +209,21 @@ def decode_sample(raw: dict) -> dict:
         conv = rec["conversations"]
         question = conv[0]["value"].replace("<image>", "").strip()
         answer = conv[1]["value"]
-        image = None
-        for ext in ("png", "jpg", "jpeg"):
-            if ext in raw:
-                image = Image.open(io.BytesIO(raw[ext]))
-                image.load()
-                image = image.convert("RGB")
-                break
-        if image is None:
-            raise KeyError("no image payload (png/jpg)")
-    except (KeyError, IndexError, TypeError, ValueError, OSError) as e:
+        modality = rec.get("modality") or "image"
+        payload, extra = _decode_payload(raw, modality)
+        image = as_image(modality, payload)
+    except (
+        KeyError, IndexError, TypeError, ValueError, AttributeError, OSError, EOFError,
+        wave.Error, np.linalg.LinAlgError,
+    ) as e:  # fmt: skip
         raise BadSample(f"sample {key}: {type(e).__name__}: {e}") from e
     return {
         "key": key,
         "task": rec.get("task"),
+        "modality": modality,
         "image": image,
+        "payload": payload,
+        **extra,
         "question": question,
         "answer": answer,
         "answers": rec.get("answers") or [answer],

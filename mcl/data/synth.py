@@ -19,19 +19,19 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from mcl.data import twins
 from mcl.data import world as W
 from mcl.data.shards import make_record, write_shards
-from mcl.data.tasks import RECIPES
+from mcl.data.tasks import Recipe
 from mcl.utils.io import atomic_write_json
 
 SYNTH_VERSION = 1  # bump when recipes change: cached benchmarks are regenerated
 
 
-def _records(task: str, split: str, n: int, seed: int):
-    recipe = RECIPES[task]
+def _records(recipe: Recipe, task: str, split: str, n: int, seed: int, n_templates=None):
     for i in range(n):
         rng = W.sample_rng(seed, task, split, i)
-        s = recipe.sample(rng, heldout=(split == "test" and i % 3 == 2))
+        s = recipe.sample(rng, heldout=(split == "test" and i % 3 == 2), n_templates=n_templates)
         yield make_record(
             f"{task}-{split}-{i:06d}",
             task,
@@ -41,6 +41,7 @@ def _records(task: str, split: str, n: int, seed: int):
             s.image,
             recipe.answer_type,
             s.meta,
+            modality=recipe.modality,
         )
 
 
@@ -50,11 +51,10 @@ def _counted(items, bar):
         yield item
 
 
-def _task_entry(task: str) -> dict:
-    r = RECIPES[task]
+def _task_entry(task: str, r: Recipe) -> dict:
     return {
         "name": task,
-        "modality": "image",
+        "modality": r.modality,
         "answer_type": r.answer_type,
         "scorer": r.scorer,
         "max_new_tokens": r.max_new_tokens,
@@ -63,9 +63,21 @@ def _task_entry(task: str) -> dict:
 
 
 def spec_hash(**kw) -> str:
-    return hashlib.sha256(
-        json.dumps({"v": SYNTH_VERSION, **kw}, sort_keys=True).encode()
-    ).hexdigest()[:16]
+    """The benchmark's identity: its arguments plus a fingerprint of what its recipes produce
+    (two samples per task), so editing a recipe regenerates the data instead of reusing it."""
+    twin = kw.get("twin", "synth")
+    recipes = twins.recipes(twin)
+    names = [t for t in kw.get("tasks", []) + kw.get("unseen", []) if t in recipes]
+    fp = hashlib.sha256()
+    for task in names:
+        train = next(_records(recipes[task], task, "train", 1, kw.get("seed", 0)))
+        # the test stream's third sample uses a held-out template
+        heldout = list(_records(recipes[task], task, "test", 3, kw.get("seed", 0)))[2]
+        for rec in (train, heldout):
+            for k in sorted(rec):
+                fp.update(k.encode() + (rec[k] if isinstance(rec[k], bytes) else rec[k].encode()))
+    blob = json.dumps({"v": SYNTH_VERSION, **kw, "recipes": fp.hexdigest()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def generate(
@@ -78,11 +90,20 @@ def generate(
     test: int = 192,
     shard_size: int = 500,
     progress: bool = True,
+    twin: str = "synth",
+    instructions: int | None = None,
 ) -> Path:
-    """Generate (or reuse, if an identical one exists) a synthetic benchmark at ``out``."""
-    unknown = [t for t in tasks + unseen if t not in RECIPES]
+    """Generate (or reuse, if an identical one exists) a synthetic benchmark at ``out``.
+
+    ``twin`` picks the recipe family (``mcl.data.twins``); ``instructions`` limits each task's
+    training templates to the first n (CVIT's single-type = 1, multi-type = 5; None = all).
+    """
+    recipes = twins.recipes(twin)
+    unknown = [t for t in tasks + unseen if t not in recipes]
     if unknown:
-        raise ValueError(f"unknown synthetic task(s) {unknown}; known: {sorted(RECIPES)}")
+        raise ValueError(
+            f"unknown task(s) {unknown} for the '{twin}' twin; it has: {', '.join(recipes)}"
+        )
     out = Path(out)
     key = spec_hash(
         name=name,
@@ -92,6 +113,8 @@ def generate(
         train=train,
         test=test,
         shard_size=shard_size,
+        **({"twin": twin} if twin != "synth" else {}),
+        **({"instructions": instructions} if instructions else {}),
     )
     if existing_hash(out) == key:
         return out
@@ -101,7 +124,7 @@ def generate(
     jobs = [(t, "train", train) for t in tasks] + [
         (t, s, test) for t in tasks + unseen for s in ["test"]
     ]
-    entries = {t: _task_entry(t) for t in tasks + unseen}
+    entries = {t: _task_entry(t, recipes[t]) for t in tasks + unseen}
     bar = tqdm(
         total=sum(n for *_, n in jobs),
         desc=f"writing {name} shards",
@@ -111,13 +134,16 @@ def generate(
     )
     for task, split, n in jobs:
         pattern = str(out / task / f"{split}-%06d.tar")
-        names = write_shards(pattern, _counted(_records(task, split, n, seed), bar), shard_size)
+        records = _records(recipes[task], task, split, n, seed, instructions)
+        names = write_shards(pattern, _counted(records, bar), shard_size)
         entries[task][split] = {"shards": [f"{task}/{f}" for f in names], "samples": n}
     bar.close()
     spec = {
         "name": name,
         "source": "synthetic",
         "seed": seed,
+        "twin": twin,
+        "instructions": instructions,
         "hash": key,
         "tasks": [entries[t] for t in tasks],
         "unseen": [entries[t] for t in unseen],
@@ -142,6 +168,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--name", default="synth")
+    p.add_argument("--twin", default="synth", help=f"recipe family: {', '.join(twins.TWINS)}")
+    p.add_argument("--instructions", type=int, default=None, help="training templates per task")
     p.add_argument("--tasks", nargs="+", default=["color", "count", "position", "ocr", "ground"])
     p.add_argument("--unseen", nargs="*", default=["compose", "count_mcq"])
     p.add_argument("--seed", type=int, default=0)
@@ -149,7 +177,10 @@ def main(argv=None) -> None:
     p.add_argument("--test", type=int, default=192, help="test samples per task")
     p.add_argument("--shard-size", type=int, default=500)
     a = p.parse_args(argv)
-    path = generate(a.out, a.name, a.tasks, a.unseen, a.seed, a.train, a.test, a.shard_size)
+    path = generate(
+        a.out, a.name, a.tasks, a.unseen, a.seed, a.train, a.test, a.shard_size,
+        twin=a.twin, instructions=a.instructions,
+    )  # fmt: skip
     print(f"wrote {path / 'bench.json'}")
 
 

@@ -28,6 +28,8 @@ METRIC_ROWS = (
     ("FWT", "fwt"),
     ("Plasticity (MFT)", "plasticity"),
     ("Unseen", "unseen"),
+    ("IF (held-out instr.)", "if_score"),
+    ("Answer format ok %", "format_compliance"),
 )
 
 

@@ -1,9 +1,26 @@
-"""Per-task answer scorers (see shared/specs/metrics.md, "Per-task scorers").
+"""Per-task answer scorers (see shared/specs/metrics.md, "Per-task scorers"), their registry
+(`build_scorer`) and the anchors' compatibility modes (`SCORER_MODES`; anchors.md, "Scorer
+conventions differ between anchors").
 
-Each scorer is a torchmetrics `Metric` whose only states are `sum` and `count` (summed across
-ranks), so DDP reduction is exact and free. The per-sample rule lives in `score_one`, a pure
-function of (prediction, references) returning 0..1, so predictions files can log it per sample.
-`compute()` returns the mean x100, or NaN when nothing was scored (a missing cell, never 0).
+The per-sample scorers are torchmetrics `Metric`s whose states are sums (summed across ranks),
+so DDP reduction is exact and free. The per-sample rule lives in `score_one`, a pure function of
+(prediction, references) returning 0..1, so predictions files can log it per sample. `compute()`
+returns the mean x100, or NaN when nothing was scored (a missing cell, never 0). The caption
+scorers (`cider`, `bleu4`, `rougeL`) live in `mcl.eval.caption`.
+
+Modes (`build_scorer(name, mode=...)`); a mode changes only the scorers it names, every other
+scorer stays strict (`scorer_mode_applies`, `effective_scorer_mode` tell which ran):
+
+- `strict` (default): the official scorers.
+- `coin_vqa_exact` (`vqa`): CoIN's VQAv2/VizWiz rule, case-insensitive exact match of the
+  stripped prediction with the stripped *first* reference only (`coin_vqa_exact_score`).
+- `mcitlib_caption_avg7` (`cider`): the mean of BLEU-1..4, METEOR, ROUGE-L and CIDEr-D
+  (`mcl.eval.caption.CaptionAvg7`; METEOR is an exact-match approximation).
+- `mcitlib_contains` (`vqa`, `exact`): correct when a loosely normalised reference is a substring
+  of the loosely normalised prediction; a prediction containing "Unanswerable" is skipped as
+  wrong but stays in the denominator (`mcitlib_contains_score`).
+- `coin_grounding` (`iou`): CoIN's box parser, which cuts the first and last character off the
+  bracket-stripped answer, and its strict IoU > 0.5 (`coin_parse_box`, `coin_iou_score`).
 """
 
 from __future__ import annotations
@@ -302,21 +319,195 @@ class GroundingIoU(_MeanScore):
     def score_one(self, pred: str, refs: str | Sequence[str]) -> float:
         return iou_score(pred, refs)
 
+    def parse(self, pred: str) -> tuple[float, ...] | None:
+        return parse_box(pred)
+
     def update(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> None:
         super().update(preds, refs)
-        self.unparsable += sum(parse_box(p) is None for p in preds)
+        self.unparsable += sum(self.parse(p) is None for p in preds)
 
 
-SCORERS: dict[str, type[_MeanScore]] = {
-    "vqa": VQAAccuracy,
-    "exact": ExactMatch,
-    "mc": MultipleChoice,
-    "iou": GroundingIoU,
+# ---------------------------------------------------------------- compatibility modes
+def coin_vqa_exact_score(pred: str, refs: str | Sequence[str]) -> float:
+    """CoIN's VQAv2 / VizWiz rule: `pred.upper() == answer.upper()` against the single
+    `answer` field, i.e. case-insensitive exact match with the first reference and no other
+    normalisation ("2" vs "two" or a final period fails). Both sides are stripped of surrounding
+    whitespace (CoIN's generation script strips outputs; mcl's predictions may not be)."""
+    return float(pred.strip().upper() == _as_refs(refs)[0].strip().upper())
+
+
+UNANSWERABLE = "Unanswerable"
+
+
+def _loose(text: str) -> str:
+    """Light normalisation seen in MCIT-family eval scripts: lower-case, drop "." and ",",
+    collapse whitespace. (MCITlib's own eval code was not in the sources we could read.)"""
+    return " ".join(text.lower().replace(".", "").replace(",", "").split())
+
+
+def mcitlib_contains_score(pred: str, refs: str | Sequence[str]) -> float:
+    """MCITlib's answer rule: 1.0 when a (loosely normalised, non-empty) reference is a plain
+    substring of the loosely normalised prediction ("cat" counts inside "a black cat", and also
+    inside "concatenate"). A prediction containing "Unanswerable" (case-sensitive, as in the
+    source) is skipped before comparison: it scores 0 even when the reference is "unanswerable",
+    yet is still counted in the denominator.
+
+    anchors.md only says skipped "Unanswerable" answers are counted; in the CoIN-derived scripts
+    we could read (e.g. the OCR-VQA one: `if 'Unanswerable' in result['text']: continue` with
+    `total = len(results)`) the test is on the prediction, so that is what is reproduced.
+    """
+    if UNANSWERABLE in pred:
+        return 0.0
+    norm = _loose(pred)
+    return float(any(ref and ref in norm for ref in map(_loose, _as_refs(refs))))
+
+
+def coin_parse_box(text: str) -> tuple[float, float, float, float] | None:
+    """CoIN's grounding parser, step by step (ETrain/Eval/LLaVA/CoIN/eval_grounding.py): drop
+    one leading space, delete every "[" and "]", then cut the first and the last character
+    (`[1:-1]`, evidently meant for the brackets that were already deleted), split on ",", and
+    `float()` each part; anything but exactly 4 numbers is unparsable (None).
+
+    So "[0.12, 0.30, 0.56, 0.78]" parses as (0.12, 0.30, 0.56, 0.7): the first cut only eats the
+    leading "0" of "0.12", but the last coordinate loses its final digit. A leading "1.0"
+    becomes ".0" = 0, and any text around the box makes it unparsable. Corners are not
+    reordered. This reproduces the quirk exactly rather than approximating it.
+    """
+    text = text[1:] if text.startswith(" ") else text
+    text = text.replace("[", "").replace("]", "")
+    try:
+        numbers = [float(x) for x in text[1:-1].split(",")]
+    except ValueError:
+        return None
+    return tuple(numbers) if len(numbers) == 4 else None  # type: ignore[return-value]
+
+
+def coin_iou_score(pred: str, refs: str | Sequence[str]) -> float:
+    """1.0 when CoIN's parse of the prediction has IoU strictly above 0.5 (CoIN uses `>`) with a
+    reference box; references are parsed normally (CoIN does not cut them)."""
+    boxes = [b for b in map(parse_box, _as_refs(refs)) if b is not None]
+    if not boxes:
+        raise ValueError(f"reference {refs!r} contains no box [x1, y1, x2, y2]")
+    box = coin_parse_box(pred)
+    if box is None:
+        return 0.0
+    return float(max(box_iou(box, b) for b in boxes) > IOU_THRESHOLD)
+
+
+class CoinVQAExact(_MeanScore):
+    """`coin_vqa_exact` mode of `vqa`: see `coin_vqa_exact_score`."""
+
+    def score_one(self, pred: str, refs: str | Sequence[str]) -> float:
+        return coin_vqa_exact_score(pred, refs)
+
+
+class MCITlibContains(_MeanScore):
+    """`mcitlib_contains` mode of `vqa` and `exact`: see `mcitlib_contains_score`. The `skipped`
+    state counts predictions scored 0 because they contain "Unanswerable"."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        self.add_state("skipped", default=zero, dist_reduce_fx="sum")
+
+    def score_one(self, pred: str, refs: str | Sequence[str]) -> float:
+        return mcitlib_contains_score(pred, refs)
+
+    def update(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> None:
+        super().update(preds, refs)
+        self.skipped += sum(UNANSWERABLE in p for p in preds)
+
+
+class CoinGroundingIoU(GroundingIoU):
+    """`coin_grounding` mode of `iou`: CoIN's parser and strict threshold (`coin_iou_score`);
+    `unparsable` counts answers CoIN's parser rejects."""
+
+    def score_one(self, pred: str, refs: str | Sequence[str]) -> float:
+        return coin_iou_score(pred, refs)
+
+    def parse(self, pred: str) -> tuple[float, ...] | None:
+        return coin_parse_box(pred)
+
+
+# ---------------------------------------------------------------- registry
+SCORER_NAMES = ("vqa", "exact", "mc", "iou", "cider", "bleu4", "rougeL")
+SCORER_MODES = (
+    "strict",
+    "coin_vqa_exact",
+    "mcitlib_caption_avg7",
+    "mcitlib_contains",
+    "coin_grounding",
+)
+# mode -> the scorers it changes; every other scorer runs strict under that mode
+MODE_SCORERS: dict[str, tuple[str, ...]] = {
+    "strict": SCORER_NAMES,
+    "coin_vqa_exact": ("vqa",),
+    "mcitlib_caption_avg7": ("cider",),
+    "mcitlib_contains": ("vqa", "exact"),
+    "coin_grounding": ("iou",),
 }
 
 
-def build_scorer(name: str, **kwargs) -> Metric:
-    """A fresh scorer for a task's `scorer:` name (one instance per task and stage)."""
-    if name not in SCORERS:
-        raise ValueError(f"unknown scorer '{name}'; choose one of: {', '.join(SCORERS)}")
-    return SCORERS[name](**kwargs)
+def _check_name_and_mode(name: str, mode: str) -> None:
+    if name not in SCORER_NAMES:
+        raise ValueError(f"unknown scorer '{name}'; choose one of: {', '.join(SCORER_NAMES)}")
+    if mode not in SCORER_MODES:
+        raise ValueError(f"unknown scorer mode '{mode}'; choose one of: {', '.join(SCORER_MODES)}")
+
+
+def scorer_mode_applies(name: str, mode: str) -> bool:
+    """True when `mode` changes scorer `name` (always True for "strict")."""
+    _check_name_and_mode(name, mode)
+    return name in MODE_SCORERS[mode]
+
+
+def effective_scorer_mode(name: str, mode: str) -> str:
+    """The mode that actually runs for scorer `name` under `mode`: `mode` or "strict"."""
+    return mode if scorer_mode_applies(name, mode) else "strict"
+
+
+def _scorer_class(name: str, mode: str) -> type[Metric]:
+    from mcl.eval import caption  # imported here: caption builds on this module
+
+    mode = effective_scorer_mode(name, mode)
+    variants: dict[tuple[str, str], type[Metric]] = {
+        ("vqa", "coin_vqa_exact"): CoinVQAExact,
+        ("vqa", "mcitlib_contains"): MCITlibContains,
+        ("exact", "mcitlib_contains"): MCITlibContains,
+        ("iou", "coin_grounding"): CoinGroundingIoU,
+        ("cider", "mcitlib_caption_avg7"): caption.CaptionAvg7,
+    }
+    strict: dict[str, type[Metric]] = {
+        "vqa": VQAAccuracy,
+        "exact": ExactMatch,
+        "mc": MultipleChoice,
+        "iou": GroundingIoU,
+        "cider": caption.CIDErD,
+        "bleu4": caption.BLEU4,
+        "rougeL": caption.RougeL,
+    }
+    return variants.get((name, mode)) or strict[name]
+
+
+def build_scorer(name: str, mode: str = "strict", **kwargs) -> Metric:
+    """A fresh scorer for a task's `scorer:` name under a compatibility mode (one instance per
+    task and stage). A mode that does not concern `name` gives the strict scorer; unknown names
+    or modes raise ValueError listing the valid ones."""
+    return _scorer_class(name, mode)(**kwargs)
+
+
+# ---------------------------------------------------------------- answer-format compliance
+def format_ok(scorer: str, answer_type: str | None, pred: str) -> bool:
+    """Whether an answer has the *form* the task asks for, right or wrong (SMoLoRA's
+    instruction-following view): an option letter for multiple choice, a parsable box for
+    grounding, digits for numbers, a sentence for captions, a short phrase otherwise."""
+    words = pred.split()
+    if scorer == "mc":
+        return extract_choice(pred) is not None
+    if scorer == "iou":
+        return parse_box(pred) is not None
+    if scorer in ("cider", "bleu4", "rougeL"):
+        return len(words) >= 2
+    if answer_type == "number":
+        return re.fullmatch(r"\d+", pred.strip()) is not None
+    return 1 <= len(words) <= 3

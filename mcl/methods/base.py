@@ -68,6 +68,11 @@ class ContinualMethod(L.LightningModule):
     def callbacks(self) -> list[L.Callback]:
         return []
 
+    def train_mixture(self, task: int, bench) -> dict[int, float] | None:
+        """Tasks to train on during ``task`` as ``{task index: weight}``; None = ``task`` alone.
+        Joint training and replay mix earlier tasks in."""
+        return None
+
     def expected_trainable(self) -> set[str]:
         """Names of parameters that must train in the current task (the runner asserts it)."""
         return {n for n, p in self.named_parameters() if p.requires_grad}
@@ -75,7 +80,7 @@ class ContinualMethod(L.LightningModule):
     # ------------------------------------------------------------------ training
     @staticmethod
     def model_inputs(batch: dict) -> dict:
-        return {k: v for k, v in batch.items() if k != "n_skipped"}
+        return {k: v for k, v in batch.items() if k not in ("n_skipped", "skipped_examples")}
 
     def training_step(self, batch: dict, batch_idx: int):
         if "input_ids" not in batch:  # every sample of this batch was corrupt

@@ -86,12 +86,14 @@ class ChatCollator:
 
     def train_batch(self, samples: list[dict | None]) -> dict[str, torch.Tensor]:
         good = [s for s in samples if s is not None and "corrupt" not in s]
+        bad = [f"{s.get('shard', '?')}: {s['corrupt']}" for s in samples if s and "corrupt" in s]
         if not good:
-            return {"n_skipped": torch.tensor(len(samples))}
+            return {"n_skipped": torch.tensor(len(samples)), "skipped_examples": bad[:1]}
         batch = self.encode_train(
             [s["question"] for s in good], [s["answer"] for s in good], [s["image"] for s in good]
         )
         batch["n_skipped"] = torch.tensor(len(samples) - len(good))
+        batch["skipped_examples"] = bad[:1]
         return batch
 
     def prompt_batch(self, samples: list[dict]) -> dict[str, torch.Tensor]:

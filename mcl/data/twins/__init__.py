@@ -9,6 +9,7 @@ runs on real shards or on its twin).
 from __future__ import annotations
 
 import importlib
+import re
 
 from mcl.data.tasks import Recipe
 
@@ -48,7 +49,8 @@ def vocabulary_texts(samples_per_task: int = 50) -> list[str]:
         if twin == "synth":
             continue
         for r in recs.values():
-            texts += r.train_templates + r.heldout_templates + list(r.vocab)
+            templates = r.train_templates + r.heldout_templates
+            texts += [re.sub(r"\{\w+\}", " ", t) for t in templates] + list(r.vocab)
             rng = np.random.default_rng(0)
             for _ in range(samples_per_task):
                 s = r.sample(rng)

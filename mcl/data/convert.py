@@ -1,0 +1,529 @@
+"""Convert a LLaVA-style annotation file + image folder into mcl shards and ``bench.json``.
+
+    python -m mcl.data.convert --bench cvit --task textvqa --split train \\
+        --json /path/train.json --images /path/image_root --out /data/cvit [--limit N]
+
+Input: a JSON list (or JSONL, one record a line) of ``{"id", "image", "conversations":
+[{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...],
+"answers": [...] (optional)}``; ``image`` is a path relative to ``--images``.
+
+Output: ``<out>/<task>/<split>-%06d.tar`` in the sample schema of :mod:`mcl.data.shards`
+(``json`` = task, modality, one human/gpt ``conversations`` pair, answer_type, answers, meta;
+the image file's bytes unchanged under ``jpg`` or ``png``), a summary
+``<out>/<task>/<split>.convert.json``, and ``<out>/bench.json`` created or updated.
+
+Rules:
+
+- **Multi-turn records** (``--multi-turn split``, the default): each human/gpt pair becomes its own
+  sample (key suffix ``-01``, ``-02``, ...) with the same image, the question prefixed with
+  ``<image>\\n``; this fits LLaVA data that packs several independent questions about one image
+  into one record. ``--multi-turn first`` keeps only the first pair. A record's ``answers`` list
+  belongs to its first pair; later pairs get ``[their gpt answer]``.
+- **Skips** (counted by reason, up to 3 example ids each, in the summary): ``malformed`` (not an
+  object, bad JSON line, conversations not alternating human/gpt, non-string image path, empty
+  question), ``path_escape`` (absolute path, ``..``, or a symlink resolving outside the image
+  root; such files are never opened), ``missing_image`` (no ``image`` field or no such file),
+  ``unreadable_image`` (PIL cannot decode the bytes), ``empty_answer``. ``empty_answer`` counts
+  QA pairs (the other pairs of the record are kept); every other reason counts records.
+- **Image bytes** are copied unchanged as ``png`` or ``jpg`` by the decoded format (not the file
+  extension); other formats (GIF, BMP, WebP, ...) are re-encoded losslessly to PNG as RGB and
+  counted as ``reencoded`` in the summary.
+- **bench.json**: every task and unseen task of ``conf/bench/<bench>.yaml`` is listed in the
+  yaml's order with its ``task_info`` (modality, answer_type, scorer, max_new_tokens, optional
+  chance/budget). A split is available iff the task's entry has that key (``"train"`` /
+  ``"test"``: ``{"shards": [...], "samples": n, "sha256": {shard: hash}}``); a task not yet
+  converted has no split keys. Re-converting a split replaces its old shards.
+- Output is deterministic: the same input gives byte-identical shards and bench.json.
+
+Exit status: 0 done, 1 nothing could be converted, 2 a usage error (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from mcl.config import CONF_DIR
+from mcl.data.shards import encode_image, write_shards
+from mcl.utils.io import atomic_write_json
+
+SPLITS = ("train", "test")
+REASONS = ("malformed", "path_escape", "missing_image", "unreadable_image", "empty_answer")
+CONVERTIBLE = ("image",)  # modalities this converter writes (payload png/jpg)
+MAX_EXAMPLES = 3
+_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg"}  # MPO = multi-picture JPEG from phones
+
+
+class UserError(Exception):
+    """A usage mistake: reported in one line, exit status 2."""
+
+
+# ------------------------------------------------------------------------------ bench configs
+def bench_choices(conf_dir: Path = CONF_DIR) -> list[str]:
+    """Benchmarks whose yaml has a ``task_info`` block (the real-data description)."""
+    from omegaconf import OmegaConf
+
+    out = []
+    for p in sorted((conf_dir / "bench").glob("*.yaml")):
+        if "task_info" in (OmegaConf.load(p) or {}):
+            out.append(p.stem)
+    return out
+
+
+def load_bench(name: str, conf_dir: Path = CONF_DIR) -> dict:
+    """``conf/bench/<name>.yaml`` as a dict, checked to describe every task."""
+    from omegaconf import OmegaConf
+
+    valid = bench_choices(conf_dir)
+    if name not in valid:
+        raise UserError(f"unknown --bench '{name}'; choose one of: {', '.join(valid)}")
+    cfg = OmegaConf.to_container(OmegaConf.load(conf_dir / "bench" / f"{name}.yaml"))
+    info = cfg.get("task_info") or {}
+    names = list(cfg.get("tasks") or []) + list(cfg.get("unseen") or [])
+    lacking = [t for t in names if t not in info]
+    if lacking:
+        raise UserError(f"conf/bench/{name}.yaml has no task_info for {', '.join(lacking)}")
+    return cfg
+
+
+def _task_entry(name: str, info: dict) -> dict:
+    entry = {
+        "name": name,
+        "modality": info["modality"],
+        "answer_type": info["answer_type"],
+        "scorer": info["scorer"],
+        "max_new_tokens": int(info["max_new_tokens"]),
+        "chance": info.get("chance"),
+    }
+    if info.get("budget"):
+        entry["budget"] = dict(info["budget"])
+    return entry
+
+
+# ------------------------------------------------------------------------------ reading input
+def load_records(path: Path) -> Iterator[tuple[int, object]]:
+    """``(index, record)`` pairs from a JSON list or JSONL; a bad JSONL line yields ``None``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({e.reason})") from None
+    head = text.lstrip()[:1]
+    if head == "[":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON: {e}") from None
+        yield from enumerate(data)
+        return
+    if head == "{":
+        with contextlib.suppress(json.JSONDecodeError):
+            if isinstance(json.loads(text), dict):
+                raise UserError(
+                    f"{path} holds one JSON object; expected a list of records or JSONL"
+                )
+    elif head:
+        raise UserError(f"{path} is neither a JSON list nor JSONL (starts with {head!r})")
+    index = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            yield index, json.loads(line)
+        except json.JSONDecodeError:
+            yield index, None
+        index += 1
+
+
+def qa_pairs(conversations: object) -> list[tuple[str, str]]:
+    """(question without ``<image>``, answer) per human/gpt pair; ``ValueError`` if malformed."""
+    if not isinstance(conversations, list) or len(conversations) < 2:
+        raise ValueError("conversations must be a list of at least one human/gpt pair")
+    if len(conversations) % 2:
+        raise ValueError("odd number of turns")
+    pairs = []
+    for i in range(0, len(conversations), 2):
+        turns = conversations[i : i + 2]
+        if not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns):
+            raise ValueError(f"turn {i} has no string 'value'")
+        if (turns[0].get("from"), turns[1].get("from")) != ("human", "gpt"):
+            raise ValueError(f"turns {i}, {i + 1} are not a human/gpt pair")
+        question = turns[0]["value"].replace("<image>", "").strip()
+        if not question:
+            raise ValueError(f"turn {i} has an empty question")
+        pairs.append((question, turns[1]["value"].strip()))
+    return pairs
+
+
+def resolve_image(root_real: Path, rel: str) -> tuple[str | None, Path | None]:
+    """``(skip reason, None)`` or ``(None, resolved path inside the root)``.
+
+    Nothing outside the root is opened: absolute paths and ``..`` are refused from the string
+    alone, symlinks by comparing the resolved path with the resolved root (``realpath`` only
+    lstat()s the link chain).
+    """
+    if not rel or "\x00" in rel:
+        return "malformed", None
+    if (
+        PurePosixPath(rel).is_absolute()
+        or PureWindowsPath(rel).is_absolute()
+        or PureWindowsPath(rel).drive
+    ):
+        return "path_escape", None
+    if ".." in rel.replace("\\", "/").split("/"):
+        return "path_escape", None
+    real = Path(os.path.realpath(root_real / rel))
+    if real != root_real and not real.is_relative_to(root_real):
+        return "path_escape", None
+    if not real.is_file():
+        return "missing_image", None
+    return None, real
+
+
+def read_image(path: Path) -> tuple[bytes, str, bool]:
+    """``(payload bytes, "png"|"jpg", reencoded)``; raises on bytes PIL cannot decode."""
+    with open(path, "rb") as f:
+        data = f.read()
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        ext = _FORMATS.get(img.format or "")
+        if ext is not None:
+            return data, ext, False
+        return encode_image(img.convert("RGB")), "png", True
+
+
+# ------------------------------------------------------------------------------ conversion
+class Skips:
+    def __init__(self) -> None:
+        self.count = {r: 0 for r in REASONS}
+        self.examples: dict[str, list[str]] = {r: [] for r in REASONS}
+
+    def add(self, reason: str, example: str) -> None:
+        self.count[reason] += 1
+        if len(self.examples[reason]) < MAX_EXAMPLES:
+            self.examples[reason].append(example)
+
+    def as_dict(self) -> dict:
+        return {
+            r: {"count": self.count[r], "examples": self.examples[r]}
+            for r in REASONS
+            if self.count[r]
+        }
+
+
+def _samples(records, task, split, info, root_real, multi_turn, skips, stats, bar):
+    """Shard records (dicts of bytes) for every convertible QA pair, in input order."""
+    for index, rec in records:
+        bar.update(1)
+        if not isinstance(rec, dict):
+            skips.add("malformed", f"#{index}")
+            continue
+        rid = str(rec.get("id", f"#{index}"))
+        try:
+            pairs = qa_pairs(rec.get("conversations"))
+        except ValueError:
+            skips.add("malformed", rid)
+            continue
+        rel = rec.get("image")
+        if rel is None:
+            skips.add("missing_image", rid)
+            continue
+        if not isinstance(rel, str):
+            skips.add("malformed", rid)
+            continue
+        reason, path = resolve_image(root_real, rel)
+        if reason:
+            skips.add(reason, rid)
+            continue
+        if multi_turn == "first":
+            pairs = pairs[:1]
+        kept = [(turn, q, a) for turn, (q, a) in enumerate(pairs) if a]
+        for _ in range(len(pairs) - len(kept)):
+            skips.add("empty_answer", rid)
+        if not kept:
+            continue
+        try:
+            payload, ext, reencoded = read_image(path)
+        except Exception:  # any decoder failure means an unusable image
+            skips.add("unreadable_image", rid)
+            continue
+        stats["reencoded"] += reencoded
+        refs = rec.get("answers")
+        if isinstance(refs, str):
+            refs = [refs]
+        refs = [str(r).strip() for r in refs] if isinstance(refs, list) else []
+        refs = [r for r in refs if r]
+        for turn, question, answer in kept:
+            meta = {"id": rec.get("id", index), "index": index, "image": rel}
+            if len(pairs) > 1:
+                meta["turn"] = turn
+            sample = {
+                "task": task,
+                "modality": info["modality"],
+                "conversations": [
+                    {"from": "human", "value": "<image>\n" + question},
+                    {"from": "gpt", "value": answer},
+                ],
+                "answer_type": info["answer_type"],
+                "answers": refs if (turn == 0 and refs) else [answer],
+                "meta": meta,
+            }
+            stats["samples"] += 1
+            yield {
+                "__key__": f"{task}-{split}-{index:08d}-{turn:02d}",
+                "json": json.dumps(sample, ensure_ascii=False).encode("utf-8"),
+                ext: payload,
+            }
+        if index % 500 == 0:
+            bar.set_postfix(written=stats["samples"], refresh=False)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """An exclusive lock on ``out`` so concurrent conversions update bench.json one at a time."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".bench.lock", "a+") as f:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on POSIX: no locking
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def update_bench_json(out: Path, cfg: dict, task: str, split: str, split_entry: dict) -> dict:
+    """Create or update ``out/bench.json`` with one converted split; returns the new spec."""
+    path = out / "bench.json"
+    old: dict = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            raise UserError(f"{path} is not valid JSON; remove it and re-convert") from None
+        if old.get("source") != "real" or old.get("name") != cfg["name"]:
+            raise UserError(
+                f"{path} belongs to benchmark '{old.get('name')}' (source "
+                f"{old.get('source')}); choose another --out for '{cfg['name']}'"
+            )
+    old_by_name = {t["name"]: t for t in old.get("tasks", []) + old.get("unseen", [])}
+
+    def entry(name: str) -> dict:
+        e = _task_entry(name, cfg["task_info"][name])
+        for s in SPLITS:
+            if s in old_by_name.get(name, {}):
+                e[s] = old_by_name[name][s]
+        if name == task:
+            e[split] = split_entry
+        return e
+
+    spec = {
+        "name": cfg["name"],
+        "source": "real",
+        "tasks": [entry(t) for t in cfg.get("tasks") or []],
+        "unseen": [entry(t) for t in cfg.get("unseen") or []],
+    }
+    atomic_write_json(path, spec)
+    return spec
+
+
+def convert(
+    bench: str,
+    task: str,
+    split: str,
+    json_path: str | Path,
+    images: str | Path,
+    out: str | Path,
+    limit: int | None = None,
+    shard_size: int = 1000,
+    multi_turn: str = "split",
+    progress: bool = True,
+    conf_dir: Path = CONF_DIR,
+) -> dict:
+    """Convert one (task, split); returns the summary (also written next to the shards)."""
+    cfg = load_bench(bench, conf_dir)
+    names = list(cfg.get("tasks") or []) + list(cfg.get("unseen") or [])
+    if task not in names:
+        raise UserError(
+            f"unknown --task '{task}' for bench {bench}; choose one of: {', '.join(names)}"
+        )
+    info = cfg["task_info"][task]
+    if info["modality"] not in CONVERTIBLE:
+        raise UserError(
+            f"task '{task}' has modality {info['modality']}; this converter writes image tasks only"
+        )
+    if split not in SPLITS:
+        raise UserError(f"unknown --split '{split}'; choose one of: {', '.join(SPLITS)}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1 (got {limit})")
+    if shard_size < 1:
+        raise UserError(f"--shard-size must be >= 1 (got {shard_size})")
+    if multi_turn not in ("split", "first"):
+        raise UserError(f"unknown --multi-turn '{multi_turn}'; choose one of: split, first")
+    json_path, images, out = Path(json_path), Path(images), Path(out)
+    if not json_path.is_file():
+        raise UserError(f"annotation file not found: {json_path}")
+    if not images.is_dir():
+        raise UserError(f"image root is not a directory: {images}")
+    root_real = Path(os.path.realpath(images))
+
+    records = list(load_records(json_path))
+    if not records:
+        raise UserError(f"{json_path} holds no records")
+    if limit is not None:
+        records = records[:limit]
+    task_dir = out / task
+    task_dir.mkdir(parents=True, exist_ok=True)
+    tmp = task_dir / f".{split}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    skips, stats = Skips(), {"samples": 0, "reencoded": 0}
+    bar = tqdm(
+        total=len(records),
+        desc=f"{bench}/{task} {split}",
+        unit="rec",
+        disable=not progress,
+        mininterval=1,
+    )
+    try:
+        gen = _samples(records, task, split, info, root_real, multi_turn, skips, stats, bar)
+        names_written = write_shards(str(tmp / f"{split}-%06d.tar"), gen, shard_size)
+        bar.set_postfix(written=stats["samples"], refresh=False)
+        bar.close()
+        summary = {
+            "bench": bench,
+            "task": task,
+            "split": split,
+            "json": str(json_path),
+            "json_sha256": _sha256(json_path),
+            "images": str(images),
+            "limit": limit,
+            "multi_turn": multi_turn,
+            "records": len(records),
+            "written": stats["samples"],
+            "reencoded": stats["reencoded"],
+            "skipped": skips.as_dict(),
+            "shards": [],
+        }
+        if stats["samples"] == 0:
+            atomic_write_json(task_dir / f"{split}.convert.json", summary)
+            return summary
+        with _locked(out):
+            for old in task_dir.glob(f"{split}-*.tar"):
+                old.unlink()
+            shards = []
+            for name in names_written:
+                os.replace(tmp / name, task_dir / name)
+                shards.append(f"{task}/{name}")
+            split_entry = {
+                "shards": shards,
+                "samples": stats["samples"],
+                "sha256": {s: _sha256(out / s) for s in shards},
+            }
+            summary["shards"] = shards
+            atomic_write_json(task_dir / f"{split}.convert.json", summary)
+            update_bench_json(out, cfg, task, split, split_entry)
+    finally:
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def format_summary(summary: dict, out: Path) -> str:
+    s = summary
+    lines = [
+        f"{s['bench']}/{s['task']} {s['split']}: wrote {s['written']} samples from "
+        f"{s['records']} records into {len(s['shards'])} shard(s) under {out / s['task']}"
+    ]
+    skipped = s["skipped"]
+    if skipped:
+        lines.append("skipped (empty_answer counts QA pairs, the others records):")
+        for reason, v in skipped.items():
+            lines.append(f"  {reason:<17}{v['count']:>8}   e.g. {', '.join(v['examples'])}")
+    else:
+        lines.append("skipped: none")
+    if s["reencoded"]:
+        lines.append(f"re-encoded to PNG (not PNG/JPEG): {s['reencoded']} images")
+    n_skip = sum(v["count"] for k, v in skipped.items() if k != "empty_answer")
+    if s["records"] and n_skip / s["records"] > 0.05:
+        lines.append(
+            f"WARNING: {n_skip / s['records']:.0%} of the records were skipped; check --images"
+        )
+    lines.append(f"summary: {out / s['task'] / (s['split'] + '.convert.json')}")
+    if s["written"]:
+        lines.append(f"benchmark: {out / 'bench.json'}")
+    else:
+        lines.append("nothing written; bench.json left unchanged")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ CLI
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage + message)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(
+        prog="python -m mcl.data.convert",
+        description="Convert LLaVA-style JSON/JSONL + an image folder into mcl shards.",
+    )
+    p.add_argument("--bench", required=True, help="benchmark config under conf/bench")
+    p.add_argument("--task", required=True, help="a task or unseen task of that benchmark")
+    p.add_argument("--split", required=True, help="train | test")
+    p.add_argument("--json", required=True, help="LLaVA-style annotation file (.json or .jsonl)")
+    p.add_argument("--images", required=True, help="root folder the records' image paths are in")
+    p.add_argument("--out", required=True, help="benchmark directory (bench.json + <task>/ shards)")
+    p.add_argument("--limit", type=int, default=None, help="convert only the first N records")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    p.add_argument(
+        "--multi-turn",
+        default="split",
+        help="split: one sample per QA pair (default); first: keep the first pair only",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    try:
+        summary = convert(
+            a.bench,
+            a.task,
+            a.split,
+            a.json,
+            a.images,
+            a.out,
+            limit=a.limit,
+            shard_size=a.shard_size,
+            multi_turn=a.multi_turn,
+            progress=not a.quiet,
+        )
+    except UserError as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(format_summary(summary, Path(a.out)))
+    if summary["written"] == 0:
+        raise SystemExit(1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
