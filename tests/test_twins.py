@@ -125,6 +125,7 @@ def test_answers_and_references(twin, recipe):
         assert s.answer in s.refs
         assert all(isinstance(r, str) and r for r in s.refs)
         n_tokens = len(pre_tokenizer().pre_tokenize_str(s.answer))
+        assert n_tokens <= recipe.max_new_tokens, s.answer  # generation can finish the answer
         if recipe.scorer == "cider":
             assert len([w for w in s.answer.split() if w != "."]) <= 16, s.answer
             assert s.answer.endswith(" .")  # CVIT's instruction-following rule for captions
@@ -228,3 +229,35 @@ def test_generate_a_small_twin(tmp_path, twin):
     task = cfg.tasks[0]
     rows = read_shards(sorted((out / task).glob("train-*.tar")))
     assert len(rows) == 3 and all(r["task"] == task for r in rows)
+
+
+def test_multiple_choice_tasks_keep_one_option_list():
+    """The tiny base learns a letter only from one fixed option list per task (see _common)."""
+    for tw, recipe in ALL:
+        if recipe.scorer == "mc":
+            lists = {tuple(s.meta["options"]) for s in _samples(recipe, n=60)}
+            assert len(lists) == 1, (tw, recipe.name, lists)
+
+
+def test_gqa_relations_point_the_right_way():
+    from mcl.data.twins import cvit
+
+    for i in range(200):
+        objs, anchor, rel, other = cvit._related_pair(W.sample_rng(0, "gqa-rel", "train", i))
+        (ar, ac), (r, c) = divmod(anchor.cell, W.GRID), divmod(other.cell, W.GRID)
+        assert len(objs) == 2 and anchor.colour != other.colour
+        assert {
+            "left of": r == ar and c < ac,
+            "right of": r == ar and c > ac,
+            "above": c == ac and r < ar,
+            "below": c == ac and r > ar,
+        }[rel]
+
+
+def test_kvqa_answers_come_from_the_story():
+    from mcl.data.twins import dmole
+
+    for s in _samples(dmole.RECIPES["kvqa"], n=100):
+        entity = next(e for e in dmole.STORY if f"the {e} " in s.question)
+        assert s.answer in dmole.STORY[entity]
+        assert f" {s.answer} " in s.question  # the knowledge quoted in the question

@@ -26,11 +26,11 @@ UNANSWERABLE = "unanswerable"
 # shape; a large object (``big_object``) shows its shape about half of the time.
 # Multiple choice adds a step: a letter is learnt only for what the image shows as a whole (how
 # many objects, which word, the colour of a large object or of several icons: 65-100 %), not for
-# a property of one small object (its colour or position: chance); and only with the options in a
-# fixed order per question kind (shuffled options stay at chance).
+# a property of one small object (its colour or position: chance); only with the options in a
+# fixed order (shuffled options stay at chance); and only when all of a task's questions share
+# one option list and can be read off the image (mixing lists, e.g. counts and colours, or adding
+# 30 % text-only knowledge questions keeps every kind of the task at chance).
 MC_COLOURS = ["red", "green", "blue", "yellow"]
-MC_WORDS = ["cat", "dog", "sun", "moon"]
-CORNER_COUNT = {"circle": "0", "triangle": "3", "square": "4"}  # geometry facts (ScienceQA)
 
 # ---------------------------------------------------------------- fixed "knowledge" tables
 # Things in nature by colour: (main answer, the answer a minority of annotators give); both count

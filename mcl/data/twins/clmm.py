@@ -9,8 +9,8 @@ OK-VQA, A-OKVQA, VizWiz, TextVQA, built so that task similarity is real:
 - dissimilar tasks differ in format (a sentence, a word, a letter, "unanswerable").
 
 Seven recipes are the CVIT twin's; ``okvqa`` and ``aokvqa`` are new: outside knowledge about the
-colour of the shape in the image (a thing in nature of that colour, what a traffic light of that
-colour means), which the image alone does not give.
+colour of the shape in the image (a thing in nature of that colour), which the image alone does
+not give; A-OKVQA asks the same questions with four options.
 """
 
 from __future__ import annotations
@@ -22,27 +22,23 @@ from mcl.data.tasks import Recipe
 from mcl.data.twins import _common as C
 from mcl.data.twins import cvit
 
-_TRAFFIC = {"red": "stop", "yellow": "wait", "green": "go"}
+_OK_QUESTIONS = [
+    "what thing in nature has the colour of this shape?",
+    "name something in nature with the colour of this shape.",
+    "which fruit or plant shares the colour of this shape?",
+]
 
 
 def _knowledge_question(rng: np.random.Generator):
-    """One large shape (its colour must show as a whole for a letter to be learnt), a knowledge
-    question about its colour: (image, question, answer, all
-    acceptable answers, the answer options of that question kind in a fixed order)."""
-    if rng.random() < 0.6:
-        o = C.big_object(rng)
-        o.colour = C.MC_COLOURS[rng.integers(len(C.MC_COLOURS))]
-        main, alt = C.NATURE[o.colour]
-        q = "what thing in nature has the colour of this shape?"
-        refs = [main] * 6 + [alt] * 4
-        options = [C.NATURE[c][0] for c in C.MC_COLOURS]
-    else:
-        o = C.big_object(rng)
-        o.colour = list(_TRAFFIC)[rng.integers(len(_TRAFFIC))]
-        q = "if a traffic light had the colour of this shape, what would it tell you?"
-        main = _TRAFFIC[o.colour]
-        refs, options = [main] * 10, list(_TRAFFIC.values())
-    return W.draw_objects([o]), q, main, refs, options
+    """One large shape (its colour must show as a whole for a letter to be learnt) and a question
+    about a thing in nature of its colour: (image, question, answer, all acceptable answers,
+    the options in a fixed order)."""
+    o = C.big_object(rng)
+    o.colour = C.MC_COLOURS[rng.integers(len(C.MC_COLOURS))]
+    main, alt = C.NATURE[o.colour]
+    q = _OK_QUESTIONS[rng.integers(len(_OK_QUESTIONS))]
+    options = [C.NATURE[c][0] for c in C.MC_COLOURS]
+    return W.draw_objects([o]), q, main, [main] * 6 + [alt] * 4, options
 
 
 def _make_okvqa(rng: np.random.Generator):
@@ -56,12 +52,7 @@ def _make_aokvqa(rng: np.random.Generator):
     return img, {"q": q, "options": text, "_meta": {"options": opts}}, letter
 
 
-_KNOWLEDGE_WORDS = C.words(
-    *(f"{m} {a}" for m, a in C.NATURE.values()),
-    *_TRAFFIC.values(),
-    "what thing in nature has the colour of this shape",
-    "if a traffic light had the colour of this shape what would it tell you",
-)
+_KNOWLEDGE_WORDS = C.words(*(f"{m} {a}" for m, a in C.NATURE.values()), *_OK_QUESTIONS)
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -73,13 +64,13 @@ RECIPES: dict[str, Recipe] = {
         cvit.RECIPES["gqa"],
         Recipe(
             "okvqa", "vqa", "short", C.VQA_TRAIN, C.VQA_HELDOUT, _make_okvqa, max_new_tokens=4,
-            # a uniform guess among the four things in nature or the three traffic signals
-            chance=0.6 * 100 / 4 + 0.4 * 100 / 3,
+            # a uniform guess among the four things in nature
+            chance=100 / 4,
             vocab=_KNOWLEDGE_WORDS,
         ),
         Recipe(
             "aokvqa", "mc", "letter", C.MC_TRAIN, C.MC_HELDOUT, _make_aokvqa, max_new_tokens=3,
-            chance=0.6 * 100 / 4 + 0.4 * 100 / 3,
+            chance=C.mc_chance(4),
             vocab=_KNOWLEDGE_WORDS,
         ),
         cvit.RECIPES["vizwiz"],

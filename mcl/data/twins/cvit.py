@@ -3,9 +3,8 @@ VizWiz, TextCaps and OCR-VQA, in the tiny base's shapes-and-words world.
 
 Each task keeps its real counterpart's *type* and answer format (specs/smolora.md, "CVIT"):
 
-- ``scienceqa``: multiple choice: count the shapes, read the word, the colour of a large shape,
-  the number of corners of a large shape (geometry knowledge); 3-4 lettered options in a fixed
-  order per question kind, answer = the letter (``mc``).
+- ``scienceqa``: multiple choice on the colour of a large shape or the colour several shapes
+  share; four lettered options in a fixed order, answer = the letter (``mc``).
 - ``textvqa``: read one of one or two words, asked by row (``vqa``).
 - ``flickr30k``: caption 1-2 objects in one sentence, five paraphrased references (``cider``).
 - ``imagenet``: name the shape of one large object (``exact``).
@@ -15,9 +14,10 @@ Each task keeps its real counterpart's *type* and answer format (specs/smolora.m
 - unseen ``vizwiz`` (VQA format, "unanswerable" when the image cannot answer), ``textcaps``
   (caption format about text) and ``ocrvqa`` (OCR format: book covers).
 
-Answers use what the tiny base can see (colours, positions, counts, words; see
-``_common.MC_COLOURS``): small shapes only appear in captions, where naming them wrong costs
-part of the CIDEr, and ``imagenet`` draws its one object large enough to show its shape.
+Answers use what the tiny base can see (colours, positions, counts, words; the notes above
+``_common.MC_COLOURS`` give the probe results): small shapes only appear in captions, where
+naming them wrong costs part of the CIDEr, and ``imagenet`` draws its one object large enough to
+show its shape.
 
 Templates follow CVIT: one instruction per task type appended to the question, its first five
 entries paraphrases of one instruction (the multi-type setting; single-type = the first one).
@@ -33,31 +33,21 @@ from mcl.data import world as W
 from mcl.data.tasks import Recipe
 from mcl.data.twins import _common as C
 
+
 # ---------------------------------------------------------------- ScienceQA
-_COUNTS = ["1", "2", "3"]
-
-
 def _make_scienceqa(rng: np.random.Generator):
-    kind = rng.integers(4)
-    if kind == 0:  # counting
-        objs = W.random_objects(rng, int(rng.integers(1, 4)))
-        img, q = W.draw_objects(objs), "how many shapes are there?"
-        answer, options = str(len(objs)), _COUNTS
-    elif kind == 1:  # reading
-        answer, options = C.MC_WORDS[rng.integers(len(C.MC_WORDS))], C.MC_WORDS
-        img, q = W.draw_word(answer, int(rng.integers(W.GRID))), "which word is written?"
-    elif kind == 2:  # the colour of a large shape
+    """Every question answers with a colour among the same four options (see _common)."""
+    colour = C.MC_COLOURS[rng.integers(len(C.MC_COLOURS))]
+    if rng.random() < 0.5:  # one large shape
         o = C.big_object(rng)
-        o.colour = C.MC_COLOURS[rng.integers(len(C.MC_COLOURS))]
-        img, q = W.draw_objects([o]), "which colour is the shape?"
-        answer, options = o.colour, C.MC_COLOURS
-    else:  # geometry: the number of corners of a large shape
-        o = C.big_object(rng)
-        o.shape = list(C.CORNER_COUNT)[rng.integers(len(C.CORNER_COUNT))]
-        img, q = W.draw_objects([o]), "how many corners does the shape have?"
-        answer, options = C.CORNER_COUNT[o.shape], sorted(C.CORNER_COUNT.values(), key=int)
-    text, letter, opts = C.fixed_choice(answer, options)
-    return img, {"q": q, "options": text, "_meta": {"options": opts}}, letter
+        o.colour, objs, q = colour, [o], "which colour is the shape?"
+    else:  # the colour several shapes share
+        objs = W.random_objects(rng, int(rng.integers(3, 5)))
+        for o in objs:
+            o.colour = colour
+        q = "which colour do all the shapes have?"
+    text, letter, opts = C.fixed_choice(colour, C.MC_COLOURS)
+    return W.draw_objects(objs), {"q": q, "options": text, "_meta": {"options": opts}}, letter
 
 
 # ---------------------------------------------------------------- TextVQA
@@ -220,11 +210,8 @@ RECIPES: dict[str, Recipe] = {
     for r in [
         Recipe(
             "scienceqa", "mc", "letter", C.MC_TRAIN, C.MC_HELDOUT, _make_scienceqa,
-            max_new_tokens=3, chance=C.mc_chance(3, 4, 4, 3),
-            vocab=C.words(
-                *C.MC_COLOURS, *C.MC_WORDS, *_COUNTS, *C.CORNER_COUNT.values(),
-                "how many shapes are there which word is written colour corners does the have",
-            ),
+            max_new_tokens=3, chance=C.mc_chance(4),
+            vocab=C.words(*C.MC_COLOURS, "which colour is the shape do all shapes have"),
         ),
         Recipe(
             "textvqa", "vqa", "word", C.VQA_TRAIN, C.VQA_HELDOUT, _make_textvqa,
@@ -232,6 +219,8 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "flickr30k", "cider", "caption", C.CAPTION_TRAIN, C.CAPTION_HELDOUT, _make_flickr30k,
+            # caption chances: CIDEr-D of the caption of another random test image (a caption in
+            # the right format that ignores the image), mean of 5 x 96 test samples
             max_new_tokens=20, chance=67.0, vocab=C.words("at the has a picture of there is in ."),
         ),
         Recipe(

@@ -11,11 +11,10 @@ the answer depends on.
 - ``skvg``: knowledge-based grounding: "based on the knowledge: the sky is blue. ... this sentence
   describes: the shape with the colour of the sky" -> its box (``iou``).
 - ``textcaps``, ``ocrvqa``, ``flickr30k``: as in the CVIT twin.
-- ``iconqa``: icons (one shape, one colour, repeated), multiple choice on their count or colour.
+- ``iconqa``: icons (one shape, one colour, repeated), multiple choice on how many there are.
 - ``vizwiz_vqa``: CVIT twin's VizWiz (answer or "unanswerable").
 - ``kvqa``: "in the story, what colour is the dog?" -> the story table's answer (``exact``).
-- ``pmcvqa``: a different image domain (grey "scans"), multiple choice on how many lesions or the
-  shape of a large one.
+- ``pmcvqa``: a different image domain (grey "scans"), multiple choice on how many lesions.
 """
 
 from __future__ import annotations
@@ -63,20 +62,19 @@ def _make_skvg(rng: np.random.Generator):
 
 # ---------------------------------------------------------------- IconQA
 _ICON_COUNTS = ["1", "2", "3", "4"]
+_PLURAL = {"cross": "crosses"}
 
 
 def _make_iconqa(rng: np.random.Generator):
-    count = rng.random() < 0.5
-    objs = W.random_objects(rng, int(rng.integers(1, 5)) if count else int(rng.integers(3, 5)))
-    colour = C.MC_COLOURS[rng.integers(len(C.MC_COLOURS))]
-    for o in objs:  # icons: one shape, one colour
-        o.shape, o.colour = objs[0].shape, colour
-    if count:
-        q, answer, options = "how many icons are there?", str(len(objs)), _ICON_COUNTS
-    else:
-        q, answer, options = "what colour are the icons?", colour, C.MC_COLOURS
-    text, letter, opts = C.fixed_choice(answer, options)
-    return W.draw_objects(objs), {"q": q, "options": text, "_meta": {"options": opts}}, letter
+    """Counting icons (one shape, one colour, repeated); one option list for every question."""
+    objs = W.random_objects(rng, int(rng.integers(1, 5)))
+    for o in objs:
+        o.shape, o.colour = objs[0].shape, objs[0].colour
+    name = _PLURAL.get(objs[0].shape, objs[0].shape + "s")
+    qs = ["how many icons are there?", f"how many {name} are there?", "count the icons."]
+    text, letter, opts = C.fixed_choice(str(len(objs)), _ICON_COUNTS)
+    fill = {"q": qs[rng.integers(len(qs))], "options": text, "_meta": {"options": opts}}
+    return W.draw_objects(objs), fill, letter
 
 
 # ---------------------------------------------------------------- KVQA (language-heavy)
@@ -119,21 +117,19 @@ def _make_kvqa(rng: np.random.Generator):
 
 # ---------------------------------------------------------------- PMC-VQA (domain shift)
 _LESION_COUNTS = ["1", "2", "3"]
-_LESION_SHAPES = ["circle", "square", "triangle", "star"]
+_PMC_QUESTIONS = [
+    "how many lesions are visible in this scan?",
+    "how many nodules does the scan show?",
+    "what is the number of lesions in this image?",
+]
 
 
 def _make_pmcvqa(rng: np.random.Generator):
-    if rng.random() < 0.5:
-        objs = W.random_objects(rng, int(rng.integers(1, 4)))
-        q, answer = "how many lesions are visible in this scan?", str(len(objs))
-        options = _LESION_COUNTS
-    else:
-        o = C.big_object(rng)
-        o.shape = _LESION_SHAPES[rng.integers(len(_LESION_SHAPES))]
-        objs, q, answer, options = [o], "what shape is the lesion?", o.shape, _LESION_SHAPES
-    text, letter, opts = C.fixed_choice(answer, options)
-    img = C.scan_image(W.draw_objects(objs))
-    return img, {"q": q, "options": text, "_meta": {"options": opts}}, letter
+    objs = W.random_objects(rng, int(rng.integers(1, 4)))
+    text, letter, opts = C.fixed_choice(str(len(objs)), _LESION_COUNTS)
+    fill = {"q": _PMC_QUESTIONS[rng.integers(len(_PMC_QUESTIONS))], "options": text}
+    fill["_meta"] = {"options": opts}
+    return C.scan_image(W.draw_objects(objs)), fill, letter
 
 
 RECIPES: dict[str, Recipe] = {
@@ -188,7 +184,10 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "iconqa", "mc", "letter", C.MC_TRAIN, C.MC_HELDOUT, _make_iconqa, max_new_tokens=3,
             chance=C.mc_chance(4),
-            vocab=C.words("how many icons are there what colour", *C.MC_COLOURS),
+            vocab=C.words(
+                "how many icons are there count the", *_ICON_COUNTS,
+                *(_PLURAL.get(s, s + "s") for s in W.SHAPES),
+            ),
         ),
         cvit.RECIPES["ocrvqa"],
         cvit.RECIPES["flickr30k"],
@@ -221,11 +220,8 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "pmcvqa", "mc", "letter", C.MC_TRAIN, C.MC_HELDOUT, _make_pmcvqa, max_new_tokens=3,
-            chance=C.mc_chance(3, 4),
-            vocab=C.words(
-                "how many lesions are visible in this scan what shape is the lesion",
-                *_LESION_SHAPES, *_LESION_COUNTS,
-            ),
+            chance=C.mc_chance(3),
+            vocab=C.words(*_PMC_QUESTIONS, *_LESION_COUNTS),
         ),
     ]
 }  # fmt: skip
