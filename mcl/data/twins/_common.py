@@ -24,13 +24,15 @@ UNANSWERABLE = "unanswerable"
 # an object found by its colour, about half of the time. It cannot tell the shapes of grid-cell
 # sized objects apart (its captions name a random shape), so no answer depends on a small object's
 # shape; a large object (``big_object``) shows its shape about half of the time.
-# Multiple choice adds a step: a letter is learnt only for what the image shows as a whole (how
-# many objects, which word, the colour of a large object or of several icons: 65-100 %), not for
-# a property of one small object (its colour or position: chance); only with the options in a
-# fixed order (shuffled options stay at chance); and only when all of a task's questions share
-# one option list and can be read off the image (mixing lists, e.g. counts and colours, or adding
-# 30 % text-only knowledge questions keeps every kind of the task at chance).
-MC_COLOURS = ["red", "green", "blue", "yellow"]
+# Multiple choice adds a step: the base never outputs a letter in pretraining, so a LoRA must learn
+# the letters' output directions. With the runner's schedule (5 % warm-up, cosine decay) a letter
+# is learnt reliably only for a global image property (how many objects) with three options
+# (about 100 %); colours of a large shape with three options reach about 60 % (chance 33), with
+# four options about 40 %; a property of one small object (its colour or position) stays at chance,
+# shuffled options stay at chance, and mixing option lists whose letters mean different things
+# keeps every kind of the task near chance. Hence: three options, in a fixed order, one meaning
+# per letter within a task.
+MC_COLOURS = ["red", "green", "blue"]
 
 # ---------------------------------------------------------------- fixed "knowledge" tables
 # Things in nature by colour: (main answer, the answer a minority of annotators give); both count

@@ -10,7 +10,7 @@ OK-VQA, A-OKVQA, VizWiz, TextVQA, built so that task similarity is real:
 
 Seven recipes are the CVIT twin's; ``okvqa`` and ``aokvqa`` are new: outside knowledge about the
 colour of the shape in the image (a thing in nature of that colour), which the image alone does
-not give; A-OKVQA asks the same questions with four options.
+not give; A-OKVQA asks the same questions (three of the colours) with three options.
 """
 
 from __future__ import annotations
@@ -29,25 +29,25 @@ _OK_QUESTIONS = [
 ]
 
 
-def _knowledge_question(rng: np.random.Generator):
-    """One large shape (its colour must show as a whole for a letter to be learnt) and a question
-    about a thing in nature of its colour: (image, question, answer, all acceptable answers,
-    the options in a fixed order)."""
+def _knowledge_question(rng: np.random.Generator, colours: list[str]):
+    """One large shape of one of ``colours`` (a letter is learnt only for what shows as a whole)
+    and a question about a thing in nature of its colour: (image, question, answer, all
+    acceptable answers, the things of ``colours`` as options in a fixed order)."""
     o = C.big_object(rng)
-    o.colour = C.MC_COLOURS[rng.integers(len(C.MC_COLOURS))]
+    o.colour = colours[rng.integers(len(colours))]
     main, alt = C.NATURE[o.colour]
     q = _OK_QUESTIONS[rng.integers(len(_OK_QUESTIONS))]
-    options = [C.NATURE[c][0] for c in C.MC_COLOURS]
+    options = [C.NATURE[c][0] for c in colours]
     return W.draw_objects([o]), q, main, [main] * 6 + [alt] * 4, options
 
 
 def _make_okvqa(rng: np.random.Generator):
-    img, q, answer, refs, _ = _knowledge_question(rng)
+    img, q, answer, refs, _ = _knowledge_question(rng, W.COLOUR_NAMES)
     return img, {"q": q, "_refs": refs}, answer
 
 
 def _make_aokvqa(rng: np.random.Generator):
-    img, q, answer, _, options = _knowledge_question(rng)
+    img, q, answer, _, options = _knowledge_question(rng, C.MC_COLOURS)
     text, letter, opts = C.fixed_choice(answer, options)
     return img, {"q": q, "options": text, "_meta": {"options": opts}}, letter
 
@@ -63,14 +63,14 @@ RECIPES: dict[str, Recipe] = {
         cvit.RECIPES["ocrvqa"],
         cvit.RECIPES["gqa"],
         Recipe(
-            "okvqa", "vqa", "short", C.VQA_TRAIN, C.VQA_HELDOUT, _make_okvqa, max_new_tokens=4,
-            # a uniform guess among the four things in nature
-            chance=100 / 4,
+            "okvqa", "vqa", "word", C.VQA_TRAIN, C.VQA_HELDOUT, _make_okvqa, max_new_tokens=4,
+            # a uniform guess among the six things in nature
+            chance=100 / 6,
             vocab=_KNOWLEDGE_WORDS,
         ),
         Recipe(
             "aokvqa", "mc", "letter", C.MC_TRAIN, C.MC_HELDOUT, _make_aokvqa, max_new_tokens=3,
-            chance=C.mc_chance(4),
+            chance=C.mc_chance(3),
             vocab=_KNOWLEDGE_WORDS,
         ),
         cvit.RECIPES["vizwiz"],

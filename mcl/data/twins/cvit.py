@@ -3,8 +3,8 @@ VizWiz, TextCaps and OCR-VQA, in the tiny base's shapes-and-words world.
 
 Each task keeps its real counterpart's *type* and answer format (specs/smolora.md, "CVIT"):
 
-- ``scienceqa``: multiple choice on the colour of a large shape or the colour several shapes
-  share; four lettered options in a fixed order, answer = the letter (``mc``).
+- ``scienceqa``: multiple-choice arithmetic on the shapes ("if one more shape were drawn, how
+  many would there be?"), three lettered options in a fixed order, answer = the letter (``mc``).
 - ``textvqa``: read one of one or two words, asked by row (``vqa``).
 - ``flickr30k``: caption 1-2 objects in one sentence, five paraphrased references (``cider``).
 - ``imagenet``: name the shape of one large object (``exact``).
@@ -33,20 +33,21 @@ from mcl.data import world as W
 from mcl.data.tasks import Recipe
 from mcl.data.twins import _common as C
 
-
 # ---------------------------------------------------------------- ScienceQA
+# (question, options): arithmetic on the number of shapes n = 1..3; in every kind the key is the
+# n-th option, so the letters keep one meaning across the task (see _common). A LoRA probe with
+# the runner's schedule: one kind 100 %, these two 85 %, four kinds (also "taken away" and
+# "doubled") 58 % (chance 33).
+_SQA = [
+    ("how many shapes are there?", ["1", "2", "3"]),
+    ("if one more shape were drawn, how many shapes would there be?", ["2", "3", "4"]),
+]
+
+
 def _make_scienceqa(rng: np.random.Generator):
-    """Every question answers with a colour among the same four options (see _common)."""
-    colour = C.MC_COLOURS[rng.integers(len(C.MC_COLOURS))]
-    if rng.random() < 0.5:  # one large shape
-        o = C.big_object(rng)
-        o.colour, objs, q = colour, [o], "which colour is the shape?"
-    else:  # the colour several shapes share
-        objs = W.random_objects(rng, int(rng.integers(3, 5)))
-        for o in objs:
-            o.colour = colour
-        q = "which colour do all the shapes have?"
-    text, letter, opts = C.fixed_choice(colour, C.MC_COLOURS)
+    objs = W.random_objects(rng, int(rng.integers(1, 4)))
+    q, options = _SQA[rng.integers(len(_SQA))]
+    text, letter, opts = C.fixed_choice(options[len(objs) - 1], options)
     return W.draw_objects(objs), {"q": q, "options": text, "_meta": {"options": opts}}, letter
 
 
@@ -210,8 +211,8 @@ RECIPES: dict[str, Recipe] = {
     for r in [
         Recipe(
             "scienceqa", "mc", "letter", C.MC_TRAIN, C.MC_HELDOUT, _make_scienceqa,
-            max_new_tokens=3, chance=C.mc_chance(4),
-            vocab=C.words(*C.MC_COLOURS, "which colour is the shape do all shapes have"),
+            max_new_tokens=3, chance=C.mc_chance(3),
+            vocab=C.words(*(q + " " + " ".join(o) for q, o in _SQA)),
         ),
         Recipe(
             "textvqa", "vqa", "word", C.VQA_TRAIN, C.VQA_HELDOUT, _make_textvqa,
@@ -243,19 +244,19 @@ RECIPES: dict[str, Recipe] = {
             _make_imagenet, max_new_tokens=3, chance=100 / len(W.SHAPES), vocab=list(W.SHAPES),
         ),
         Recipe(
-            "gqa", "vqa", "short", C.VQA_TRAIN, C.VQA_HELDOUT, _make_gqa, max_new_tokens=4,
+            "gqa", "vqa", "word", C.VQA_TRAIN, C.VQA_HELDOUT, _make_gqa, max_new_tokens=4,
             # per question kind: a uniform guess among shapes, yes/no, shapes or colours
             # per question kind, a uniform guess among colours, positions, colours
             chance=0.35 * 100 / 6 + 0.35 * 100 / 9 + 0.3 * 100 / 6,
             vocab=C.words(*W.COLOUR_NAMES, *W.POSITIONS, *_RELATIONS, "object one"),
         ),
         Recipe(
-            "vqav2", "vqa", "short", C.VQA_TRAIN, C.VQA_HELDOUT, _make_vqav2, max_new_tokens=4,
+            "vqav2", "vqa", "word", C.VQA_TRAIN, C.VQA_HELDOUT, _make_vqav2, max_new_tokens=4,
             chance=0.35 * 100 / 6 + 0.4 * 100 / 4 + 0.25 * 50,
             vocab=C.words(*W.COLOUR_NAMES, *C.YES_NO, "1 2 3 4 none zero one two three four"),
         ),
         Recipe(
-            "vizwiz", "vqa", "short", C.VIZWIZ_TRAIN, C.VIZWIZ_HELDOUT, _make_vizwiz,
+            "vizwiz", "vqa", "word", C.VIZWIZ_TRAIN, C.VIZWIZ_HELDOUT, _make_vizwiz,
             max_new_tokens=4,
             # colour / count / text questions: a guess among their answers and "unanswerable"
             chance=(100 / 7 + 100 / 5 + 100 / 9) / 3,
@@ -267,7 +268,7 @@ RECIPES: dict[str, Recipe] = {
             vocab=C.words("a sign that says the word is written at picture with text label reads"),
         ),
         Recipe(
-            "ocrvqa", "vqa", "short", C.VQA_TRAIN, C.VQA_HELDOUT, _make_ocrvqa,
+            "ocrvqa", "vqa", "word", C.VQA_TRAIN, C.VQA_HELDOUT, _make_ocrvqa,
             max_new_tokens=4,
             chance=0.7 * 100 / 8 + 0.3 * 100 / 6,
             vocab=C.words(*W.WORDS, *W.COLOUR_NAMES, "title author book picture cover"),

@@ -61,13 +61,13 @@ def _make_skvg(rng: np.random.Generator):
 
 
 # ---------------------------------------------------------------- IconQA
-_ICON_COUNTS = ["1", "2", "3", "4"]
+_ICON_COUNTS = ["1", "2", "3"]
 _PLURAL = {"cross": "crosses"}
 
 
 def _make_iconqa(rng: np.random.Generator):
     """Counting icons (one shape, one colour, repeated); one option list for every question."""
-    objs = W.random_objects(rng, int(rng.integers(1, 5)))
+    objs = W.random_objects(rng, int(rng.integers(1, 4)))
     for o in objs:
         o.shape, o.colour = objs[0].shape, objs[0].colour
     name = _PLURAL.get(objs[0].shape, objs[0].shape + "s")
@@ -183,7 +183,7 @@ RECIPES: dict[str, Recipe] = {
         cvit.RECIPES["textcaps"],
         Recipe(
             "iconqa", "mc", "letter", C.MC_TRAIN, C.MC_HELDOUT, _make_iconqa, max_new_tokens=3,
-            chance=C.mc_chance(4),
+            chance=C.mc_chance(3),
             vocab=C.words(
                 "how many icons are there count the", *_ICON_COUNTS,
                 *(_PLURAL.get(s, s + "s") for s in W.SHAPES),
@@ -193,7 +193,7 @@ RECIPES: dict[str, Recipe] = {
         cvit.RECIPES["flickr30k"],
         dataclasses.replace(cvit.RECIPES["vizwiz"], name="vizwiz_vqa"),
         Recipe(
-            "kvqa", "exact", "short",
+            "kvqa", "exact", "word",
             [
                 "{q} answer from the knowledge of the story.",
                 "{q} use what the story says to answer.",
