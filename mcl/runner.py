@@ -292,7 +292,9 @@ class ContinualRunner:
         return results
 
     def summary(self, results: dict) -> str:
-        return matrix_table(
+        source = "SYNTHETIC twin" if results["data_source"] == "synthetic" else "real data"
+        head = f"{results['method']} on {results['bench']} ({source}), seed {results['seed']}\n"
+        return head + matrix_table(
             results["tasks"],
             results["matrix"],
             results["metrics"],

@@ -39,6 +39,7 @@ def test_results_files_and_schedule(first_run):
     assert set(r["format_scores"][3]) == {"color", "position", "count", "compose"}
     assert all(0 <= v <= 100 for row in r["format_scores"] for v in row.values())
     assert r["metrics"]["format_compliance"] is not None
+
     m = r["matrix"]
     assert len(m) == 4 and all(len(row) == 3 for row in m)
     # row 0 and row T are full; after task 1: tasks 1-2 (forward transfer), task 3 not evaluated
@@ -175,3 +176,12 @@ def test_joint_trains_on_a_growing_mixture(tmp_path):
 
     assert Joint().train_mixture(1, B) == {0: 10.0, 1: 30.0}
     assert Joint(cumulative=False).train_mixture(0, B) == {0: 10.0, 1: 30.0, 2: 5.0}
+
+
+def test_console_summary_names_the_data_source(first_run):
+    from mcl.runner import ContinualRunner
+
+    _, _, results = first_run
+    text = ContinualRunner.summary(None, results)
+    assert text.startswith("seq_lora on synth (SYNTHETIC twin), seed 0")
+    assert "Last (MFN)" in text and "Answer format ok %" in text
