@@ -27,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
 from mcl.data.bench import Benchmark
-from mcl.data.shards import BadSample, decode_sample
+from mcl.data.shards import BadSample, decode_sample, read_shards
 
 
 class _EpochShuffle:
@@ -80,24 +80,6 @@ def _skip_tar_errors(exn) -> bool:
     # epoch's missing samples show up as a short task (logged), the warning names the shard
     print(f"[mcl] skipped unreadable shard data: {exn}")
     return True
-
-
-def _read_test(paths, bad: list[str]) -> list[dict]:
-    """Every readable sample of the shards, in order; unreadable ones are named in ``bad``."""
-    urls = [str(p) for p in paths]
-
-    def on_tar_error(exn) -> bool:
-        bad.append(f"{type(exn).__name__}: {exn}")
-        return True
-
-    good = []
-    ds = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=on_tar_error))
-    for raw in ds:
-        try:
-            good.append(decode_sample(raw))
-        except BadSample as e:
-            bad.append(f"{raw.get('__url__', '?')}: {e}")
-    return good
 
 
 class _Mix(torch.utils.data.IterableDataset):
@@ -228,7 +210,7 @@ class ContinualDataModule(L.LightningDataModule):
         if task_name not in self._test_cache:
             spec = self.bench.task(task_name)
             bad: list[str] = []
-            good = _read_test(self.bench.shard_paths(spec, "test"), bad)
+            good = read_shards(self.bench.shard_paths(spec, "test"), bad=bad)
             if bad:
                 self.count_skipped(task_name, "test", len(bad), bad[0])
                 print(f"[mcl] {task_name}: skipped {len(bad)} unreadable test sample(s): {bad[0]}")

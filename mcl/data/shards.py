@@ -232,11 +232,25 @@ def decode_sample(raw: dict) -> dict:
     }
 
 
-def read_shards(paths: list[str | Path]) -> list[dict]:
-    """Every sample of the given shards, in order, decoded (for evaluation: each counted once)."""
-    out = []
+def read_shards(paths: list[str | Path], bad: list[str] | None = None) -> list[dict]:
+    """Every sample of the given shards, in order, decoded (for evaluation: each counted once).
+
+    With ``bad`` (a list), unreadable samples and tar errors are skipped and described there
+    (naming the shard) instead of raising.
+    """
+
+    def on_tar_error(exn) -> bool:
+        bad.append(f"{type(exn).__name__}: {exn}")
+        return True
+
     urls = [str(p) for p in paths]
-    ds = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
-    for raw in ds:
-        out.append(decode_sample(raw))
+    handler = on_tar_error if bad is not None else wds.reraise_exception
+    out = []
+    for raw in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler)):
+        try:
+            out.append(decode_sample(raw))
+        except BadSample as e:
+            if bad is None:
+                raise
+            bad.append(f"{raw.get('__url__', '?')}: {e}")
     return out
