@@ -204,6 +204,7 @@ class ContinualRunner:
             return 0
         state = json.loads(done[-1].read_text())
         t = state["finished_task"]
+        self.method.on_resume(t)
         self.method.load_adapter_state(load_file(str(done[-1].parent / "adapters.safetensors")))
         self.matrix, self.unseen = state["matrix"], state["unseen_matrix"]
         self.if_scores, self.params = state["if_scores"], state["params"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -59,13 +60,46 @@ def _wandb_key() -> bool:
     return bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").exists()
 
 
+def trainer_kwargs(cfg: DictConfig) -> dict:
+    """The hardware group's Trainer arguments, plus the gradient accumulation that a
+    ``train.global_batch`` asks for (anchors quote global batches: MCITlib's 64)."""
+    kw = OmegaConf.to_container(cfg.hardware, resolve=True)
+    want = cfg.train.get("global_batch")
+    if want:
+        devices = kw.get("devices", 1)
+        n = len(devices) if isinstance(devices, list) else devices
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(
+                f"train.global_batch needs a device count, got hardware.devices={devices!r}; "
+                "set hardware.devices to a number"
+            )
+        per_step = cfg.train.batch_size * n * kw.get("num_nodes", 1)
+        if want % per_step:
+            raise ConfigError(
+                f"train.global_batch={want} is not a multiple of batch_size x devices = "
+                f"{per_step}; change train.batch_size or train.global_batch"
+            )
+        kw["accumulate_grad_batches"] = want // per_step
+    return kw
+
+
+def _instantiate_method(spec: DictConfig):
+    """The method, with a bad option value reported in one line (Hydra wraps the cause)."""
+    try:
+        return instantiate(spec)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        msg = f"method {spec.get('name')}: {cause}; fix conf/method or the override"
+        raise ConfigError(msg) from cause
+
+
 def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
     """Everything the run needs, from a composed config."""
     quiet_libraries()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     bench = prepare(cfg.bench, cfg.paths.data_dir, progress=cfg.progress)
     mllm = instantiate(cfg.model)
-    method = instantiate(cfg.method)
+    method = _instantiate_method(cfg.method)
     method.setup_model(mllm)
     dm = ContinualDataModule(
         bench,
@@ -83,7 +117,7 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
         method,
         dm,
         out_dir,
-        trainer_kwargs=OmegaConf.to_container(cfg.hardware, resolve=True),
+        trainer_kwargs=trainer_kwargs(cfg),
         steps_per_task=cfg.train.steps,
         epochs_per_task=cfg.train.epochs,
         seed=cfg.seed,

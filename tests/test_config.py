@@ -60,3 +60,35 @@ def test_cli_unknown_option_exits_nonzero_with_one_line(tmp_path):
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     assert lines == [lines[0]] and lines[0].startswith("error: unknown hardware 'tpu9000'")
     assert "cpu" in lines[0]
+
+
+LORA_STYLE = ["zero_shot", "seq_lora", "seq_ft", "replay", "ewc", "mas", "lwf", "olora", "joint"]
+
+
+@pytest.mark.parametrize("method", LORA_STYLE)
+def test_mcitlib_preset_sets_the_anchor_budget(tmp_path, method):
+    from hydra.utils import instantiate
+
+    from mcl.train import trainer_kwargs
+
+    cfg = compose_cfg(tmp_path, [f"method={method}", "experiment=mcitlib"])
+    m = instantiate(cfg.method)  # every LoRA-style method accepts the preset's keys
+    assert cfg.train.epochs == 1 and cfg.train.steps is None
+    assert trainer_kwargs(cfg)["accumulate_grad_batches"] * cfg.train.batch_size == 64
+    if method != "zero_shot":
+        assert (m.lr, m.r, m.alpha, m.parts, m.parts_lr) == (2e-4, 16, 32, ["projector"], 2e-5)
+
+
+def test_mcitlib_moe_preset_and_bad_method_values_are_one_line(tmp_path):
+    from mcl.train import _instantiate_method, trainer_kwargs
+
+    cfg = compose_cfg(tmp_path, ["method=moelora", "experiment=mcitlib_moe"])
+    m = _instantiate_method(cfg.method)
+    assert (m.r, m.experts, m.lr) == (96, 6, 2e-4)
+    bad = compose_cfg(tmp_path, ["method=moelora", "experiment=mcitlib"])  # r 16 over 6 experts
+    with pytest.raises(ConfigError, match="multiple of experts") as e:
+        _instantiate_method(bad.method)
+    assert "\n" not in str(e.value)
+    uneven = compose_cfg(tmp_path, ["train.global_batch=64", "train.batch_size=24"])
+    with pytest.raises(ConfigError, match="global_batch=64 is not a multiple"):
+        trainer_kwargs(uneven)

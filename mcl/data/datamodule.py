@@ -10,9 +10,11 @@ drops them and reports the count in the batch (a counter inside a worker would n
 test sets skip and count them when read. Above ``max_bad_share`` of a task's samples the run stops
 with a :class:`DataError` naming a bad shard.
 
-A method may train on a *mixture* of tasks (``set_task(t, mix={task: weight})``): joint training,
-replay. Each task then streams from its own pipeline and samples are interleaved at random by
-weight, so every batch mixes tasks.
+A method may train on a *mixture* of tasks (``set_task(t, mix={task: share})``): joint training,
+replay. A share of 1 streams the whole task from its own pipeline; a smaller share is a buffer of
+that many of its training samples, drawn once with a fixed seed and held in memory (replay's 1%).
+The mixture behaves like the concatenation of its parts: samples are interleaved at random with
+weights proportional to each part's size, so every batch mixes tasks.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import math
 import random
 import zlib
+from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -82,6 +85,35 @@ def _skip_tar_errors(exn) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Share:
+    """A part of a task's training set in a mixture: ``share`` of it (0 < share <= 1), drawn
+    once with ``seed`` (a plain float in a mixture means ``Share(float, seed=0)``)."""
+
+    share: float = 1.0
+    seed: int = 0
+
+    def size(self, n: int) -> int:
+        """How many of a task's ``n`` training samples this part holds (at least one)."""
+        return n if self.share >= 1 else max(1, min(n, round(self.share * n)))
+
+
+class _Buffer(torch.utils.data.IterableDataset):
+    """An in-memory list of samples, endlessly reshuffled (a replay buffer's stream)."""
+
+    def __init__(self, samples: list[dict], seed: int):
+        self.samples, self.seed = samples, seed
+
+    def __iter__(self):
+        info = get_worker_info()
+        rng = random.Random(zlib.crc32(f"buffer/{self.seed}/{info.id if info else 0}".encode()))
+        while True:
+            order = list(range(len(self.samples)))
+            rng.shuffle(order)
+            for i in order:
+                yield self.samples[i]
+
+
 class _Mix(torch.utils.data.IterableDataset):
     """Interleave several endless sample streams, choosing one per sample by weight."""
 
@@ -119,7 +151,8 @@ class ContinualDataModule(L.LightningDataModule):
         self.max_bad_share = max_bad_share
         # per task: {"train": n, "test": n, "examples": [...]} of skipped (unreadable) samples
         self.skipped: dict[str, dict] = {}
-        self.mix: dict[int, float] | None = None
+        self.mix: dict[int, Share] | None = None
+        self._buffers: dict[tuple[int, Share], list[dict]] = {}
         self.bench, self.collator = bench, collator
         self.batch_size, self.num_workers = batch_size, num_workers
         self.eval_batch_size = eval_batch_size
@@ -128,15 +161,35 @@ class ContinualDataModule(L.LightningDataModule):
         self._test_cache: dict[str, list[dict]] = {}
 
     # ------------------------------------------------------------------ training
-    def set_task(self, t: int, mix: dict[int, float] | None = None) -> None:
+    def set_task(self, t: int, mix: dict[int, float | Share] | None = None) -> None:
         """Swap to task ``t``'s training shards (0-based index into ``bench.tasks``), or to a
-        mixture ``{task index: weight}`` (weights need not sum to 1)."""
+        mixture ``{task index: share}`` of whole tasks (share 1) and buffers (share < 1)."""
         T = len(self.bench.tasks)
         if not 0 <= t < T:
             raise IndexError(f"task index {t} out of range 0..{T - 1}")
-        if mix is not None and (not mix or any(not 0 <= j < T or w < 0 for j, w in mix.items())):
-            raise ValueError(f"bad task mixture {mix}: task indices 0..{T - 1}, weights >= 0")
-        self.task, self.mix = t, (dict(mix) if mix else None)
+        if mix is not None:
+            mix = {j: v if isinstance(v, Share) else Share(float(v)) for j, v in mix.items()}
+            if not mix or any(not 0 <= j < T or not 0 < v.share <= 1 for j, v in mix.items()):
+                raise ValueError(
+                    f"bad task mixture {mix}: task indices 0..{T - 1}, shares in (0, 1]"
+                )
+        self.task, self.mix = t, mix
+
+    def part_size(self, j: int, part: Share) -> int:
+        return part.size(self.bench.tasks[j]["train"]["samples"])
+
+    def buffer(self, j: int, part: Share) -> list[dict]:
+        """The samples of task ``j`` that a share < 1 keeps: a fixed-seed draw, decoded once."""
+        key = (j, part)
+        if key not in self._buffers:
+            n = self.bench.tasks[j]["train"]["samples"]
+            rng = random.Random(zlib.crc32(f"buffer/{part.seed}/{j}".encode()))
+            chosen = set(rng.sample(range(n), self.part_size(j, part)))
+            bad: list[str] = []
+            self._buffers[key] = read_shards(self.train_urls(j), bad=bad, indices=chosen)
+            if not self._buffers[key]:
+                raise DataError(f"replay buffer of task {j} is empty: {bad[:1]}")
+        return self._buffers[key]
 
     def count_skipped(self, task: str, split: str, n: int, example: str | None = None) -> None:
         entry = self.skipped.setdefault(task, {"train": 0, "test": 0, "examples": []})
@@ -175,22 +228,27 @@ class ContinualDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.task is None:
             raise RuntimeError("call set_task(t) before training")
-        mix = self.mix or {self.task: 1.0}
+        mix = self.mix or {self.task: Share()}
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         # every worker needs at least one shard of every stream (webdataset dies on an empty one)
-        fewest = min(len(self.train_urls(j)) for j in mix)
+        fewest = min(
+            (len(self.train_urls(j)) for j, part in mix.items() if part.share >= 1), default=1
+        )
         workers = max(0, min(self.num_workers, fewest // world))
-        n = sum(self.bench.tasks[j]["train"]["samples"] for j in mix)
-        per_worker = math.ceil(n / world / max(1, workers))
+        sizes = [self.part_size(j, part) for j, part in mix.items()]
+        per_worker = math.ceil(sum(sizes) / world / max(1, workers))
         seed = self.seed * 1000 + self.task
         if len(mix) == 1:
             (j,) = mix
             pipeline = self._stream(self.train_urls(j), seed).with_epoch(per_worker)
         else:
-            streams = [self._stream(self.train_urls(j), seed + 10 * (j + 1)) for j in mix]
-            pipeline = wds.DataPipeline(_Mix(streams, list(mix.values()), seed)).with_epoch(
-                per_worker
-            )
+            streams = [
+                self._stream(self.train_urls(j), seed + 10 * (j + 1))
+                if part.share >= 1
+                else _Buffer(self.buffer(j, part), seed + 10 * (j + 1))
+                for j, part in mix.items()
+            ]
+            pipeline = wds.DataPipeline(_Mix(streams, sizes, seed)).with_epoch(per_worker)
         return DataLoader(
             pipeline,
             batch_size=self.batch_size,
@@ -198,11 +256,6 @@ class ContinualDataModule(L.LightningDataModule):
             collate_fn=self.collator.train_batch,
             persistent_workers=workers > 0,
         )
-
-    def steps_per_epoch(self, t: int) -> int:
-        mix = self.mix if self.mix and t == self.task else {t: 1.0}
-        n = sum(self.bench.tasks[j]["train"]["samples"] for j in mix)
-        return math.ceil(n / self.batch_size)
 
     # ------------------------------------------------------------------ evaluation
     def test_samples(self, task_name: str) -> list[dict]:

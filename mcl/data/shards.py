@@ -232,11 +232,14 @@ def decode_sample(raw: dict) -> dict:
     }
 
 
-def read_shards(paths: list[str | Path], bad: list[str] | None = None) -> list[dict]:
+def read_shards(
+    paths: list[str | Path], bad: list[str] | None = None, indices: set[int] | None = None
+) -> list[dict]:
     """Every sample of the given shards, in order, decoded (for evaluation: each counted once).
 
     With ``bad`` (a list), unreadable samples and tar errors are skipped and described there
-    (naming the shard) instead of raising.
+    (naming the shard) instead of raising. With ``indices``, only the samples at those positions
+    (0-based, in shard order) are decoded and returned — a replay buffer without decoding the rest.
     """
 
     def on_tar_error(exn) -> bool:
@@ -246,7 +249,10 @@ def read_shards(paths: list[str | Path], bad: list[str] | None = None) -> list[d
     urls = [str(p) for p in paths]
     handler = on_tar_error if bad is not None else wds.reraise_exception
     out = []
-    for raw in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler)):
+    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler))
+    for i, raw in enumerate(pipeline):
+        if indices is not None and i not in indices:
+            continue
         try:
             out.append(decode_sample(raw))
         except BadSample as e:

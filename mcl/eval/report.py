@@ -110,19 +110,17 @@ def write_matrix_csv(
     atomic_write_text(path, buf.getvalue())
 
 
-def plot_matrix(
-    path: str | os.PathLike,
+def draw_matrix(
+    ax,
     tasks: Sequence[str],
     matrix: Matrix,
     unseen_tasks: Sequence[str] | None = None,
     unseen_matrix: Matrix | None = None,
-    title: str = "",
-) -> None:
-    """Annotated heat map (0-100) saved as PNG; missing cells grey and hatched, a thick line
-    before the unseen columns. Uses the Agg canvas directly, so no display or pyplot state."""
+    fontsize: float | None = None,
+):
+    """Draw the annotated 0-100 heat map on a matplotlib Axes and return its image (for a colour
+    bar). Missing cells are grey and hatched, a thick line comes before the unseen columns."""
     import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     names, rows = _columns(tasks, matrix, unseen_tasks, unseen_matrix)
@@ -130,9 +128,6 @@ def plot_matrix(
     n_rows, n_cols = data.shape
     headers = list(tasks) + [f"*{u}" for u in names[len(tasks) :]]
 
-    fig = Figure(figsize=(2.5 + 0.9 * n_cols, 1.2 + 0.5 * n_rows))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=0, vmax=100, aspect="auto")
     ax.set_facecolor("lightgrey")  # masked cells show the background
     for i in range(n_rows):
@@ -143,12 +138,34 @@ def plot_matrix(
                 )
             else:
                 colour = "white" if data[i, j] < 60 else "black"
-                ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", color=colour)
+                label = f"{data[i, j]:.1f}"
+                ax.text(j, i, label, ha="center", va="center", color=colour, fontsize=fontsize)
     if len(names) > len(tasks):
         ax.axvline(len(tasks) - 0.5, color="black", linewidth=3)
     ax.set_xticks(range(n_cols), headers, rotation=30, ha="right")
     ax.set_yticks(range(n_rows), row_labels(tasks))
     ax.set_xlabel("evaluated on (* = unseen)" if len(names) > len(tasks) else "evaluated on")
+    return image
+
+
+def plot_matrix(
+    path: str | os.PathLike,
+    tasks: Sequence[str],
+    matrix: Matrix,
+    unseen_tasks: Sequence[str] | None = None,
+    unseen_matrix: Matrix | None = None,
+    title: str = "",
+) -> None:
+    """Annotated heat map (0-100) saved as PNG; missing cells grey and hatched, a thick line
+    before the unseen columns. Uses the Agg canvas directly, so no display or pyplot state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_cols = len(tasks) + len(unseen_tasks or [])
+    fig = Figure(figsize=(2.5 + 0.9 * n_cols, 1.2 + 0.5 * (len(tasks) + 1)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = draw_matrix(ax, tasks, matrix, unseen_tasks, unseen_matrix)
     fig.colorbar(image, ax=ax, label="score")
     if title:
         ax.set_title(title)

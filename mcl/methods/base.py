@@ -11,6 +11,9 @@ A method is a LightningModule holding the MLLM plus its own modules, and a handf
 - ``eval_context(batch)``  how the test-time path is chosen (no task id unless the paper uses it).
 - ``generate(batch, max_new_tokens)`` test-time answers.
 - ``adapter_state()``      what a task checkpoint holds (trainable/adapter tensors only).
+- ``on_resume(t)``         rebuild what tasks ``0..t`` added (per-task adapters) before a resumed
+                           run loads its checkpoint.
+- ``param_groups()``       optimizer parameter groups (a part may train at its own lr).
 
 Gradient surgery goes in callbacks (``callbacks()``), run in ``on_before_optimizer_step``.
 """
@@ -37,9 +40,15 @@ class ContinualMethod(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.05,
         min_lr_ratio: float = 0.1,
+        parts: tuple[str, ...] = (),
+        parts_lr: float | None = None,
     ):
         super().__init__()
         self.method_name = name
+        # model parts fine-tuned in full beside the method's own modules (``projector``, ``lm``,
+        # ``vision``), at their own lr: MCITlib trains the projector at 2e-5 beside LoRA at 2e-4
+        self.parts, self.parts_lr = list(parts or []), parts_lr
+        self._part_ids: set[int] = set()
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
         self.mllm: MLLM | None = None
@@ -52,12 +61,30 @@ class ContinualMethod(L.LightningModule):
         mllm.model.requires_grad_(False)
         # remember the base's tensor names: a task checkpoint holds everything else
         self._base_names = set(self.state_dict().keys())
+        self._part_ids = {
+            id(p) for part in self.parts for m in mllm.part_modules(part) for p in m.parameters()
+        }
+
+    def part_names(self) -> set[str]:
+        """Names of the parameters of the fully fine-tuned parts (by identity: an adapter
+        wrapping one of their layers renames it, the tensor stays the same)."""
+        return {n for n, p in self.named_parameters() if id(p) in self._part_ids}
+
+    def set_trainable(self) -> None:
+        """``requires_grad`` exactly on :meth:`expected_trainable` (call at the end of
+        ``on_task_start``; never rely on what an injection left behind)."""
+        want = self.expected_trainable()
+        for n, p in self.named_parameters():
+            p.requires_grad = n in want
 
     def on_task_start(self, task: int, dm) -> None:
         self.current_task = task
 
     def on_task_end(self, task: int, dm) -> None:
         pass
+
+    def on_resume(self, finished_task: int) -> None:
+        """Recreate the modules tasks ``0..finished_task`` added, so their checkpoint loads."""
 
     def extra_loss(self, batch: dict, out) -> torch.Tensor | None:
         return None
@@ -74,13 +101,17 @@ class ContinualMethod(L.LightningModule):
         return None
 
     def expected_trainable(self) -> set[str]:
-        """Names of parameters that must train in the current task (the runner asserts it)."""
-        return {n for n, p in self.named_parameters() if p.requires_grad}
+        """Names of parameters that must train in the current task (the runner asserts it):
+        the method's own modules (subclasses add them) and the fully fine-tuned parts."""
+        return self.part_names()
 
     # ------------------------------------------------------------------ training
     @staticmethod
     def model_inputs(batch: dict) -> dict:
         return {k: v for k, v in batch.items() if k not in ("n_skipped", "skipped_examples")}
+
+    def trainable_named(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
     def training_step(self, batch: dict, batch_idx: int):
         if "input_ids" not in batch:  # every sample of this batch was corrupt
@@ -95,9 +126,16 @@ class ContinualMethod(L.LightningModule):
         self.log("train/skipped", batch["n_skipped"].float(), reduce_fx="sum")
         return loss
 
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups: the method's modules at ``lr``, full-tuned parts at ``parts_lr``."""
+        named = self.trainable_named()
+        own = [p for p in named.values() if id(p) not in self._part_ids]
+        parts = [p for p in named.values() if id(p) in self._part_ids]
+        return [{"params": own}, {"params": parts, "lr": self.parts_lr or self.lr}]
+
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        groups = [g for g in self.param_groups() if g["params"]]
+        opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(self.warmup_ratio * total))
         floor = self.min_lr_ratio
@@ -124,11 +162,12 @@ class ContinualMethod(L.LightningModule):
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """Tensors a task checkpoint must hold: everything that is not the frozen base."""
+        parts, base = self.part_names(), self._base_names
         return {
             k: v.detach().cpu().contiguous()
             for k, v in self.state_dict().items()
             # peft renames a wrapped weight "x.weight" -> "x.base_layer.weight": still base
-            if k not in self._base_names and k.replace(".base_layer", "") not in self._base_names
+            if k in parts or (k not in base and k.replace(".base_layer", "") not in base)
         }
 
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:

@@ -1,5 +1,6 @@
 """joint: the multi-task upper bound. One LoRA (as seq_lora) trained, at task t, on tasks 1..t
-mixed (weights by their training-set size), so after the last task it has seen every task together.
+mixed (whole training sets, so weights follow their sizes): after the last task it has seen
+every task together.
 
 This is the cumulative form of joint training, so every row of the accuracy matrix is a
 multi-task model of the tasks so far; ``cumulative: false`` instead trains on *all* tasks from
@@ -18,4 +19,4 @@ class Joint(SeqLoRA):
 
     def train_mixture(self, task: int, bench) -> dict[int, float]:
         last = task if self.cumulative else len(bench.tasks) - 1
-        return {j: float(bench.tasks[j]["train"]["samples"]) for j in range(last + 1)}
+        return {j: 1.0 for j in range(last + 1)}

@@ -2,6 +2,10 @@
 
 LoRA is injected with peft into the language model's attention projections only (the vision
 tower's layers share names, so the target regex is rooted at ``language_model``).
+
+This class is also the trainable part the regularisation and replay baselines share: ``r`` sets
+the LoRA (0 = none) and ``parts`` (see ContinualMethod) lists model parts fine-tuned in full. The
+EProj codebase's baselines train only the connector: ``r: 0, parts: [projector]``.
 """
 
 from __future__ import annotations
@@ -23,22 +27,24 @@ class SeqLoRA(ContinualMethod):
     ):
         super().__init__(name=name, **kw)
         self.r, self.alpha, self.dropout, self.targets = r, alpha, dropout, list(targets)
+        if not self.r and not self.parts:
+            raise ValueError(f"{name}: nothing to train; set r > 0 or list parts (e.g. projector)")
 
     def setup_model(self, mllm) -> None:
         super().setup_model(mllm)
-        cfg = LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=mllm.lm_targets(self.targets),
-        )
-        inject_adapter_in_model(cfg, mllm.model, adapter_name="default")
+        if self.r:
+            cfg = LoraConfig(
+                r=self.r,
+                lora_alpha=self.alpha,
+                lora_dropout=self.dropout,
+                target_modules=mllm.lm_targets(self.targets),
+            )
+            inject_adapter_in_model(cfg, mllm.model, adapter_name="default")
 
     def on_task_start(self, task: int, dm) -> None:
         super().on_task_start(task, dm)
-        # the same adapter keeps training: set requires_grad explicitly every task
-        for n, p in self.named_parameters():
-            p.requires_grad = "lora_" in n
+        self.set_trainable()  # the same parameters keep training, every task
 
     def expected_trainable(self) -> set[str]:
-        return {n for n, _ in self.named_parameters() if "lora_" in n}
+        lora = {n for n, _ in self.named_parameters() if "lora_" in n}
+        return super().expected_trainable() | lora

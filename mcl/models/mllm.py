@@ -119,6 +119,29 @@ class MLLM(nn.Module):
         self.name = name
         self.info = info or {}
 
+    # where each trainable "part" lives, by module-name suffix, per architecture family
+    # (LLaVA: multi_modal_projector; Qwen2-VL: visual.merger; InternVL: mlp1)
+    PARTS = {
+        "projector": ("multi_modal_projector", "visual.merger", "mlp1"),
+        "vision": ("vision_tower", "vision_model", "visual"),
+        "lm": ("language_model", "lm_head"),
+    }
+
+    def part_modules(self, part: str) -> list[nn.Module]:
+        """The modules that make up a part of the model (``projector``, ``vision`` or ``lm``), for
+        methods that fine-tune a part in full."""
+        if part not in self.PARTS:
+            raise ValueError(f"unknown model part '{part}'; choose from {sorted(self.PARTS)}")
+        found: list[tuple[str, nn.Module]] = []
+        for name, module in self.model.named_modules():
+            hit = any(name == s or name.endswith("." + s) for s in self.PARTS[part])
+            # keep top-most matches only (a part's submodules are already inside it)
+            if hit and not any(name.startswith(f + ".") for f, _ in found):
+                found.append((name, module))
+        if not found:
+            raise ValueError(f"model {self.name} has no '{part}' (looked for {self.PARTS[part]})")
+        return [m for _, m in found]
+
     def lm_targets(self, names: list[str]) -> str:
         """A regex matching the given linear names inside the LM only (never the vision tower)."""
         alt = "|".join(re.escape(n) for n in names)
