@@ -72,7 +72,7 @@ def test_ewc_penalty_is_zero_at_the_anchor_and_grows_quadratically():
 
 
 def test_ewc_importance_is_the_mean_squared_gradient_and_accumulates(bench):
-    m = _method(EWC, importance_batches=2)
+    m = _method(EWC, importance_batches=2, normalize=False)
     dm = ContinualDataModule(bench, m.mllm.collator, batch_size=4)
     dm.set_task(0)
     m.on_task_start(0, dm)
@@ -96,6 +96,12 @@ def test_ewc_importance_is_the_mean_squared_gradient_and_accumulates(bench):
     m.on_task_end(0, dm)
     for n in manual:
         assert torch.allclose(m.importance(n), 2 * before[n], rtol=1e-4, atol=1e-12)
+    # normalized (the default), each task's importance sums to 1, proportions unchanged
+    m.normalize = True
+    norm = m.estimate_importance(batches)
+    assert sum(float(v.sum()) for v in norm.values()) == pytest.approx(1.0, rel=1e-5)
+    total = sum(float(v.sum()) for v in manual.values())
+    assert all(torch.allclose(norm[n], manual[n] / total, rtol=1e-3, atol=1e-12) for n in manual)
     # no penalty in the first task, a penalty once there is importance
     m.on_task_start(1, dm)
     assert m._active and m.extra_loss({}, None) is not None

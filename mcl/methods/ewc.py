@@ -2,15 +2,17 @@
 weighted by each parameter's importance to earlier tasks (Kirkpatrick et al. 2017; online form).
 
 After each task the importance of every trainable element is estimated on that task's training
-data and accumulated, ``Omega <- gamma * Omega + Omega_task`` (gamma = 1: plain sum; < 1: online
-EWC's decay). During task t the loss gains
+data, rescaled to sum to 1 (``normalize``, as TIR does: the raw Fisher of a task the model
+already predicts confidently is ~40x smaller than the next one's on synth, so raw sums let the
+newest task dominate and make ``lam`` mean different things for ewc and mas), and accumulated,
+``Omega <- gamma * Omega + Omega_task`` (gamma = 1: plain sum; < 1: online EWC's decay). During
+task t the loss gains
 
     lam * c * sum Omega * (theta - theta*)^2,   theta* = the parameters at the start of task t,
 
 with c = 1/2 (``half: true``, the usual form) or 1. EWC's importance is the empirical Fisher: the
 squared gradient of the LM loss, per batch, averaged over ``importance_batches`` batches; ``mas``
-swaps in its own importance. ``normalize: true`` rescales each task's importance to sum to 1 (as
-TIR does) — then ``lam`` must be large (TIR's default 1e8).
+swaps in its own importance.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ class EWC(SeqLoRA):
     def __init__(
         self,
         name: str = "ewc",
-        lam: float = 1.0e4,
+        lam: float = 1.0e5,
         gamma: float = 1.0,
         half: bool = True,
-        normalize: bool = False,
+        normalize: bool = True,
         importance_batches: int = 16,
         **kw,
     ):
