@@ -400,7 +400,7 @@ def _source_note(source: str) -> str:
 
 def _best(groups: Sequence[dict]) -> dict[str, float]:
     """Best shown (rounded) mean per score column among the continual methods; only where at
-    least two of them compete, so a lone method is not bolded."""
+    least two of them compete and differ, so a lone method or an all-way tie is not bolded."""
     best = {}
     for _, key in TABLE_COLUMNS:
         values = [
@@ -408,7 +408,7 @@ def _best(groups: Sequence[dict]) -> dict[str, float]:
             for g in groups
             if g["method"] not in REFERENCE_METHODS and g["metrics"][key]["mean"] is not None
         ]
-        if len(values) > 1:
+        if len(set(values)) > 1:
             best[key] = min(values) if key in LOWER_IS_BETTER else max(values)
     return best
 

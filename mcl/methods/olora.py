@@ -10,6 +10,8 @@ sum of every task's adapter runs — no task id.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
@@ -50,7 +52,9 @@ class OLoRA(ContinualMethod):
             lora_dropout=self.dropout,
             target_modules=self.mllm.lm_targets(self.targets),
         )
-        inject_adapter_in_model(cfg, self.mllm.model, adapter_name=self.adapter(t))
+        with warnings.catch_warnings():  # "multiple adapters": exactly what O-LoRA wants
+            warnings.filterwarnings("ignore", message=".*peft_config.*")
+            inject_adapter_in_model(cfg, self.mllm.model, adapter_name=self.adapter(t))
         names = [self.adapter(i) for i in range(t + 1)]
         for layer in self.lora_layers():
             layer.set_adapter(names)  # peft: every active adapter becomes trainable ...
