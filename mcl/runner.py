@@ -20,6 +20,10 @@ from mcl.eval.scorers import build_scorer, format_ok, scorer_mode_applies
 from mcl.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 class _SkipCounter(L.Callback):
     """Counts the unreadable training samples the collator dropped; stops the run when a task's
     share exceeds ``max_bad_share`` (checked once 100 samples were drawn, and at the end)."""
@@ -75,6 +79,9 @@ class ContinualRunner:
         # per row and task: % of answers in the required format (letter, box, number, ...)
         self.format_scores: list[dict] = [{} for _ in range(T + 1)]
         self.params: list[dict] = []
+        self.method_info: list[dict] = []  # per task: what the method reports (task_info)
+        # per row and task: the method's own evaluation numbers (eval_metrics), e.g. routing
+        self.method_eval: list[dict] = [{} for _ in range(T + 1)]
         self.timings: dict[str, list[float] | float] = {"train_s": [], "eval_s": []}
         self.global_step = 0
 
@@ -107,6 +114,11 @@ class ContinualRunner:
         score = float(main.compute())
         held_score = float(held.compute()) if any(r["heldout"] for r in records) else None
         self.format_scores[row][name] = 100.0 * n_format / max(1, len(records))
+        index = self.bench.task_names.index(name) if name in self.bench.task_names else None
+        extra = self.method.eval_metrics(index)  # told the task only after it answered
+        if extra:
+            self.method_eval[row][name] = extra
+            self.log({f"eval/{name}/{k}": v for k, v in extra.items() if _is_number(v)})
         return score, held_score
 
     def evaluate_row(self, row: int, columns: list[int]) -> None:
@@ -168,6 +180,10 @@ class ContinualRunner:
             self.global_step += trainer.global_step
         self.timings["train_s"].append(round(time.time() - t0, 2))
         self.method.on_task_end(t, self.dm)
+        info = self.method.task_info(t)
+        if info:
+            self.method_info.append({"task": self.bench.task_names[t], **info})
+            self.log({f"method/{k}": v for k, v in info.items() if _is_number(v)})
 
     # ------------------------------------------------------------------ checkpoints
     def _ckpt_dir(self, t: int) -> Path:
@@ -190,6 +206,8 @@ class ContinualRunner:
             "if_scores": self.if_scores,
             "format_scores": self.format_scores,
             "params": self.params,
+            "method_info": self.method_info,
+            "method_eval": self.method_eval,
             "timings": self.timings,
             "global_step": self.global_step,
             "skipped": self.dm.skipped,
@@ -209,6 +227,8 @@ class ContinualRunner:
         self.matrix, self.unseen = state["matrix"], state["unseen_matrix"]
         self.if_scores, self.params = state["if_scores"], state["params"]
         self.format_scores = state.get("format_scores", self.format_scores)
+        self.method_info = state.get("method_info", [])
+        self.method_eval = state.get("method_eval", self.method_eval)
         self.timings, self.global_step = state["timings"], state["global_step"]
         self.dm.skipped = state.get("skipped", {})
         self.method.current_task = t
@@ -262,6 +282,8 @@ class ContinualRunner:
             "skipped": self.dm.skipped,
             "metrics": metrics,
             "params": self.params,
+            "method_info": self.method_info,
+            "method_eval": self.method_eval,
             "timings": self.timings,
             **self.meta,
         }

@@ -178,18 +178,27 @@ class ContinualDataModule(L.LightningDataModule):
     def part_size(self, j: int, part: Share) -> int:
         return part.size(self.bench.tasks[j]["train"]["samples"])
 
-    def buffer(self, j: int, part: Share) -> list[dict]:
-        """The samples of task ``j`` that a share < 1 keeps: a fixed-seed draw, decoded once."""
+    def buffer(self, j: int, part: Share, keep: bool = True) -> list[dict]:
+        """The samples of task ``j`` that a share < 1 keeps: a fixed-seed draw, decoded once
+        (and kept in memory unless ``keep=False``, e.g. a one-off task embedding)."""
         key = (j, part)
-        if key not in self._buffers:
-            n = self.bench.tasks[j]["train"]["samples"]
-            rng = random.Random(zlib.crc32(f"buffer/{part.seed}/{j}".encode()))
-            chosen = set(rng.sample(range(n), self.part_size(j, part)))
-            bad: list[str] = []
-            self._buffers[key] = read_shards(self.train_urls(j), bad=bad, indices=chosen)
-            if not self._buffers[key]:
-                raise DataError(f"replay buffer of task {j} is empty: {bad[:1]}")
-        return self._buffers[key]
+        if key in self._buffers:
+            return self._buffers[key]
+        n = self.bench.tasks[j]["train"]["samples"]
+        rng = random.Random(zlib.crc32(f"buffer/{part.seed}/{j}".encode()))
+        chosen = set(rng.sample(range(n), self.part_size(j, part)))
+        bad: list[str] = []
+        samples = read_shards(self.train_urls(j), bad=bad, indices=chosen)
+        if not samples:
+            raise DataError(f"no readable training sample drawn from task {j}: {bad[:1]}")
+        if keep:
+            self._buffers[key] = samples
+        return samples
+
+    def sample_task(self, j: int, n: int, seed: int = 0) -> list[dict]:
+        """Up to ``n`` training samples of task ``j``, a fixed-seed draw (not kept in memory)."""
+        total = self.bench.tasks[j]["train"]["samples"]
+        return self.buffer(j, Share(min(1.0, n / total), seed), keep=False)
 
     def count_skipped(self, task: str, split: str, n: int, example: str | None = None) -> None:
         entry = self.skipped.setdefault(task, {"train": 0, "test": 0, "examples": []})

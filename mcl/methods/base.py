@@ -13,6 +13,7 @@ A method is a LightningModule holding the MLLM plus its own modules, and a handf
 - ``adapter_state()``      what a task checkpoint holds (trainable/adapter tensors only).
 - ``on_resume(t)``         rebuild what tasks ``0..t`` added (per-task adapters) before a resumed
                            run loads its checkpoint.
+- ``task_info(t)`` / ``eval_metrics(t)``  what the method reports per task / per evaluated cell.
 - ``param_groups()``       optimizer parameter groups (a part may train at its own lr).
 
 Gradient surgery goes in callbacks (``callbacks()``), run in ``on_before_optimizer_step``.
@@ -26,7 +27,7 @@ import math
 import lightning as L
 import torch
 
-from mcl.models.mllm import MLLM
+from mcl.models.mllm import MLLM, model_inputs
 
 
 class ContinualMethod(L.LightningModule):
@@ -86,6 +87,17 @@ class ContinualMethod(L.LightningModule):
     def on_resume(self, finished_task: int) -> None:
         """Recreate the modules tasks ``0..finished_task`` added, so their checkpoint loads."""
 
+    def task_info(self, task: int) -> dict:
+        """What the method wants recorded after a task (similarities, allocations, ...): saved
+        in ``results.json`` under ``method_info``; numbers are logged too."""
+        return {}
+
+    def eval_metrics(self, task: int | None) -> dict[str, float]:
+        """Called after the runner evaluated one task, with its index (None: an unseen task) —
+        only *after* the answers were given, so routing can be scored without being told the
+        task (e.g. task-id retrieval accuracy). Saved under ``method_eval``, logged."""
+        return {}
+
     def extra_loss(self, batch: dict, out) -> torch.Tensor | None:
         return None
 
@@ -108,7 +120,7 @@ class ContinualMethod(L.LightningModule):
     # ------------------------------------------------------------------ training
     @staticmethod
     def model_inputs(batch: dict) -> dict:
-        return {k: v for k, v in batch.items() if k not in ("n_skipped", "skipped_examples")}
+        return model_inputs(batch)
 
     def trainable_named(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}

@@ -13,6 +13,14 @@ import torch
 from torch import nn
 
 IGNORE_INDEX = -100
+# batch entries that are not model inputs: skip accounting, and the raw instructions (methods
+# that route by instruction, e.g. EProj, embed them; the model never sees the list)
+NON_MODEL_KEYS = ("n_skipped", "skipped_examples", "questions")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The tensors the HF model takes, without mcl's bookkeeping entries."""
+    return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
 
 
 class ChatCollator:
@@ -94,10 +102,13 @@ class ChatCollator:
         )
         batch["n_skipped"] = torch.tensor(len(samples) - len(good))
         batch["skipped_examples"] = bad[:1]
+        batch["questions"] = [s["question"] for s in good]
         return batch
 
     def prompt_batch(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        return self.encode_prompts([s["question"] for s in samples], [s["image"] for s in samples])
+        batch = self.encode_prompts([s["question"] for s in samples], [s["image"] for s in samples])
+        batch["questions"] = [s["question"] for s in samples]
+        return batch
 
 
 class MLLM(nn.Module):
@@ -154,7 +165,7 @@ class MLLM(nn.Module):
     def generate(self, batch: dict[str, torch.Tensor], max_new_tokens: int = 8) -> list[str]:
         """Greedy decoding; returns the decoded answers without the prompt."""
         out = self.model.generate(
-            **batch,
+            **model_inputs(batch),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
