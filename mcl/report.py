@@ -450,8 +450,9 @@ def _section(groups: Sequence[dict], split: bool, bold: bool) -> str:
     lines += [_table_row(g, best) for g in groups]
     lines += [
         "",
-        "Scores 0-100: mean ± sample std (ddof=1) over seeds; (n=k) where only k seeds define",
-        "the metric. Trainable params after the last task; time: whole run (training + eval).",
+        "Scores as each task's scorer gives them (accuracies 0-100; CIDEr x100 can exceed 100),",
+        "mean ± sample std (ddof=1) over seeds; (n=k) where only k seeds define the metric.",
+        "Trainable params after the last task; time: whole run (training + eval).",
     ]
     if best:
         lines.append("Bold: best continual method per column (joint / zero_shot are bounds).")

@@ -24,6 +24,17 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _numbers(info: dict, prefix: str) -> dict[str, float]:
+    """The loggable numbers of a (one-level nested) dict: ``{prefix}key[/subkey]``."""
+    out = {}
+    for k, v in info.items():
+        if isinstance(v, dict):
+            out |= {f"{prefix}{k}/{kk}": vv for kk, vv in v.items() if _is_number(vv)}
+        elif _is_number(v):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 class _SkipCounter(L.Callback):
     """Counts the unreadable training samples the collator dropped; stops the run when a task's
     share exceeds ``max_bad_share`` (checked once 100 samples were drawn, and at the end)."""
@@ -183,7 +194,7 @@ class ContinualRunner:
         info = self.method.task_info(t)
         if info:
             self.method_info.append({"task": self.bench.task_names[t], **info})
-            self.log({f"method/{k}": v for k, v in info.items() if _is_number(v)})
+            self.log(_numbers(info, "method/"))
 
     # ------------------------------------------------------------------ checkpoints
     def _ckpt_dir(self, t: int) -> Path:

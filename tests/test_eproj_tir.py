@@ -123,6 +123,11 @@ def test_tir_rescales_each_element_by_one_minus_the_similarity_to_its_owner():
         assert torch.allclose(m.importance(n), expected.expand_as(own))
     info = m.task_info(2)
     assert info["task_similarity"] == sim.tolist()
+    assert info["similarity_to"] == pytest.approx({"task0": sim[2, 0], "task1": sim[2, 1]})
+    from mcl.runner import _numbers  # what the loggers receive: the flat numbers
+
+    logged = _numbers(info, "method/")
+    assert logged["method/similarity_to/task1"] == pytest.approx(float(sim[2, 1]))
     assert sum(info["importance_owner_share"]) == pytest.approx(1.0)
 
 

@@ -62,6 +62,8 @@ class _TIR:
         if task == 0 or dm is None:
             return
         self.similarity = task_similarity([self.embed(j, dm) for j in range(task + 1)])
+        names = getattr(getattr(dm, "bench", None), "task_names", None)
+        self._names = names or [f"task{j}" for j in range(task + 1)]
         row = self.similarity[task]  # sim(c, j) for every j (j = c: 1)
         scales = {}
         for n in self.trainable_named():
@@ -97,6 +99,9 @@ class _TIR:
 
     def task_info(self, task: int) -> dict:
         info = {"task_similarity": None if self.similarity is None else self.similarity.tolist()}
+        if self.similarity is not None and task > 0:  # logged as method/similarity_to/<task>
+            row = self.similarity[task]
+            info["similarity_to"] = {self._names[j]: float(row[j]) for j in range(task)}
         counts = torch.zeros(task + 1, dtype=torch.long)
         for n in self.trainable_named():
             own = self.owner(n)
