@@ -72,6 +72,7 @@ class ContinualRunner:
         scorer_mode: str = "strict",
     ):
         self.method, self.dm = method, datamodule
+        method.bind_data(datamodule)
         self.mode = scorer_mode
         self.bench = datamodule.bench
         self.out = Path(out_dir)
@@ -111,6 +112,9 @@ class ContinualRunner:
         )
         records, n_format = [], 0
         self.method.eval()
+        if self.method.task_id_at_test:  # an oracle the method's paper uses; recorded
+            index = self.bench.task_names.index(name) if name in self.bench.task_names else None
+            self.method.set_eval_task(name, index)
         for samples, batch in self.dm.test_batches(name):
             preds = self.method.generate(batch, max_new_tokens=spec.get("max_new_tokens", 8))
             for s, p in zip(samples, preds):
@@ -277,6 +281,7 @@ class ContinualRunner:
             "bench": self.bench.name,
             "data_source": self.bench.source,
             "method": self.method.method_name,
+            "task_id_at_test": bool(self.method.task_id_at_test),
             "seed": self.seed,
             "complete": not partial,
             "tasks": self.bench.task_names,

@@ -123,7 +123,8 @@ def test_tir_rescales_each_element_by_one_minus_the_similarity_to_its_owner():
         assert torch.allclose(m.importance(n), expected.expand_as(own))
     info = m.task_info(2)
     assert info["task_similarity"] == sim.tolist()
-    assert info["similarity_to"] == pytest.approx({"task0": sim[2, 0], "task1": sim[2, 1]})
+    expected_to = {"task0": float(sim[2, 0]), "task1": float(sim[2, 1])}
+    assert info["similarity_to"] == pytest.approx(expected_to)
     from mcl.runner import _numbers  # what the loggers receive: the flat numbers
 
     logged = _numbers(info, "method/")

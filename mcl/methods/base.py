@@ -33,6 +33,9 @@ from mcl.models.mllm import MLLM, model_inputs
 class ContinualMethod(L.LightningModule):
     #: whether the runner should train at all (``zero_shot`` sets False)
     trains = True
+    #: whether the method is told, at test time, which task it is answering (an oracle; only
+    #: where its paper does so). The runner then calls ``set_eval_task`` and records it.
+    task_id_at_test = False
 
     def __init__(
         self,
@@ -54,6 +57,7 @@ class ContinualMethod(L.LightningModule):
         self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
         self.mllm: MLLM | None = None
         self.current_task: int | None = None
+        self._dm = None  # set by bind_data
 
     # ------------------------------------------------------------------ hooks
     def setup_model(self, mllm: MLLM) -> None:
@@ -78,6 +82,11 @@ class ContinualMethod(L.LightningModule):
         for n, p in self.named_parameters():
             p.requires_grad = n in want
 
+    def bind_data(self, dm) -> None:
+        """The runner hands over the DataModule before anything runs (row 0 included), for
+        methods that read data outside a task's training (task embeddings, type tables)."""
+        self._dm = dm
+
     def on_task_start(self, task: int, dm) -> None:
         self.current_task = task
 
@@ -91,6 +100,9 @@ class ContinualMethod(L.LightningModule):
         """What the method wants recorded after a task (similarities, allocations, ...): saved
         in ``results.json`` under ``method_info``; numbers are logged too."""
         return {}
+
+    def set_eval_task(self, name: str, index: int | None) -> None:
+        """The task about to be evaluated; called only when ``task_id_at_test`` is True."""
 
     def eval_metrics(self, task: int | None) -> dict[str, float]:
         """Called after the runner evaluated one task, with its index (None: an unseen task) —

@@ -1,0 +1,178 @@
+"""smolora: Separable Mixture of LoRA (Wang et al. 2024; shared/specs/smolora.md), as the code does.
+
+:class:`~mcl.adapters.smolora.SMoLoRALinear` wraps the LM's MLP linears and the projector's
+linears (attention and the vision tower get none). Per sample, one visual-understanding expert
+(routed from the mean of the layer's input) and one instruction-following expert (routed from an
+instruction embedding) are fused per token. Routers are random, frozen and saved; experts and
+fusion scores are shared by all tasks and nothing is frozen between tasks (as in the original).
+The projector's experts train at ``projector_lr`` (the code: 2e-5 against 1e-4).
+
+Routing options:
+
+- ``if_route: text_embedding`` (default, honest): each sample's own instruction — the last
+  sentence of its question — embedded by a frozen encoder; no task id at test time.
+  ``oracle_type`` (the paper): one embedding per task type — the mean over the task's
+  instructions — chosen at test time from the task being evaluated; the runner then tells the
+  method the task and ``results.json`` records ``task_id_at_test: true``.
+- ``vu_route: faithful`` (the code): the mean over every position, padding and answer included,
+  and during generation re-chosen at every decode step from that token alone; ``prompt_only``:
+  the mean over prompt tokens, fixed after the prefill.
+
+The instruction encoder is the frozen LM's mean-pooled input embeddings (no download); the paper
+used all-MiniLM-L6-v2, which any object with a ``text(list_of_str) -> (B, d)`` method can stand
+in for (``encoder`` argument).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import torch
+
+from mcl.adapters import wrap_linears
+from mcl.adapters.smolora import SMoLoRALinear
+from mcl.methods.base import ContinualMethod
+from mcl.models.mllm import IGNORE_INDEX
+from mcl.models.task_embedding import FrozenFeatures
+
+
+def instruction_of(question: str) -> str:
+    """The instruction part of a question: its last sentence (CVIT puts the format there)."""
+    parts = [p.strip() for p in re.split(r"(?<=[?.!\n])\s+", question.strip()) if p.strip()]
+    return parts[-1] if parts else question
+
+
+class SMoLoRA(ContinualMethod):
+    def __init__(
+        self,
+        name: str = "smolora",
+        r: int = 128,
+        experts: int = 8,
+        n_vu: int = 4,
+        alpha: float = 256,
+        dropout: float = 0.05,
+        targets: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj"),
+        projector: bool = True,
+        projector_lr: float | None = 2e-4,
+        if_route: str = "text_embedding",
+        vu_route: str = "faithful",
+        type_samples: int = 200,
+        encoder=None,
+        **kw,
+    ):
+        super().__init__(name=name, **kw)
+        if if_route not in ("text_embedding", "oracle_type"):
+            raise ValueError(f"if_route must be text_embedding or oracle_type, not {if_route!r}")
+        if vu_route not in ("faithful", "prompt_only"):
+            raise ValueError(f"vu_route must be faithful or prompt_only, not {vu_route!r}")
+        self.r, self.experts, self.n_vu, self.alpha, self.dropout = r, experts, n_vu, alpha, dropout
+        self.targets, self.projector, self.projector_lr = list(targets), projector, projector_lr
+        self.if_route, self.vu_route, self.type_samples = if_route, vu_route, type_samples
+        self.encoder = encoder
+        self.task_id_at_test = if_route == "oracle_type"
+        self._types: dict[str, torch.Tensor] = {}
+        self._dm = None
+        self._eval_task: str | None = None
+
+    # ------------------------------------------------------------------ structure
+    def setup_model(self, mllm) -> None:
+        super().setup_model(mllm)
+        self.encoder = self.encoder or FrozenFeatures(mllm)
+        d_emb = self.encoder.text(["a"]).shape[-1]
+        pattern = mllm.lm_targets(self.targets)
+        if self.projector:
+            proj = mllm.part_modules("projector")[0]
+            prefix = next(n for n, m in mllm.model.named_modules() if m is proj)
+            pattern = rf"(?:{pattern})|{re.escape(prefix)}\..*"
+        self.wrapped = wrap_linears(
+            mllm.model,
+            pattern,
+            lambda lin: SMoLoRALinear(
+                lin, self.r, self.experts, self.n_vu, self.alpha, self.dropout, d_emb
+            ),
+        )
+        self._base_names |= {  # wrapping renames "x.weight" to "x.base.weight": still base
+            n for n in self.state_dict() if n.replace(".base.", ".", 1) in self._base_names
+        }
+        proj_ids = set()
+        if self.projector:
+            proj_ids = {id(p) for p in mllm.part_modules("projector")[0].parameters()}
+        self._projector_ids = proj_ids
+
+    def layers(self) -> list[SMoLoRALinear]:
+        return [m for m in self.modules() if isinstance(m, SMoLoRALinear)]
+
+    def expected_trainable(self) -> set[str]:
+        own = {
+            n
+            for n, _ in self.named_parameters()
+            if any(k in n for k in (".lora_A", ".lora_B", ".lora_fuse_"))
+        }
+        return super().expected_trainable() | own
+
+    def on_task_start(self, task: int, dm) -> None:
+        super().on_task_start(task, dm)
+        self._dm = dm or self._dm
+        self.set_trainable()  # routers stay frozen: hard top-1 gives them no gradient anyway
+
+    def param_groups(self) -> list[dict]:
+        groups = super().param_groups()
+        own = groups[0]["params"]
+        proj = [p for p in own if id(p) in self._projector_ids]
+        rest = [p for p in own if id(p) not in self._projector_ids]
+        lr = self.projector_lr or self.lr
+        return [{"params": rest}, {"params": proj, "lr": lr}, *groups[1:]]
+
+    # ------------------------------------------------------------------ routing inputs
+    def type_embedding(self, task_name: str) -> torch.Tensor:
+        """The oracle's instruction-type embedding: the mean over a task's instructions."""
+        if task_name not in self._types:
+            dm = self._dm
+            names = dm.bench.task_names
+            if task_name in names:
+                samples = dm.sample_task(names.index(task_name), self.type_samples)
+            else:  # an unseen task: its test instructions (the paper assigns a type by hand)
+                samples = dm.test_samples(task_name)[: self.type_samples]
+            emb = self.encoder.text([instruction_of(s["question"]) for s in samples])
+            self._types[task_name] = emb.mean(0)
+        return self._types[task_name]
+
+    def if_inputs(self, batch: dict, task_name: str | None) -> torch.Tensor:
+        questions = batch["questions"]
+        if self.if_route == "oracle_type":
+            return self.type_embedding(task_name)[None].expand(len(questions), -1)
+        return self.encoder.text([instruction_of(q) for q in questions])
+
+    def _set_context(self, batch: dict, task_name: str | None, training: bool) -> None:
+        emb = self.if_inputs(batch, task_name)
+        mask = None
+        if self.vu_route == "prompt_only":
+            mask = batch["attention_mask"].bool()
+            if training and "labels" in batch:
+                mask = mask & (batch["labels"] == IGNORE_INDEX)
+        for layer in self.layers():
+            layer.if_input, layer.vu_mask = emb, mask
+            layer.keep_route = self.vu_route == "prompt_only" and not training
+            layer._vu_route = None
+
+    def training_step(self, batch: dict, batch_idx: int):
+        if "input_ids" in batch:
+            name = self._dm.bench.task_names[self.current_task] if self._dm else None
+            self._set_context(batch, name, training=True)
+        return super().training_step(batch, batch_idx)
+
+    def set_eval_task(self, name: str, index: int | None) -> None:
+        self._eval_task = name  # only called when task_id_at_test (oracle routing)
+
+    @contextlib.contextmanager
+    def eval_context(self, batch: dict):
+        self._set_context(batch, self._eval_task, training=False)
+        try:
+            yield
+        finally:
+            for layer in self.layers():
+                layer._vu_route = None
+
+    def task_info(self, task: int) -> dict:
+        return {"if_route": self.if_route, "vu_route": self.vu_route}

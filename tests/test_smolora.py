@@ -1,0 +1,142 @@
+"""SMoLoRA's mechanisms (shared/specs/smolora.md): top-1 per group, inert routers, zero start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from mcl.adapters.smolora import SMoLoRALinear
+from mcl.data.bench import Benchmark
+from mcl.data.datamodule import ContinualDataModule
+from mcl.methods.smolora import SMoLoRA, instruction_of
+from mcl.models.mllm import model_inputs
+from mcl.models.tiny import build_tiny
+from mcl.train import run
+from tests.conftest import MICRO, compose_cfg
+from tests.test_collate import TEXT, VISION
+from tests.test_data import _gen
+
+
+def _layer(seed=0, **kw):
+    torch.manual_seed(seed)
+    base = nn.Linear(12, 10)
+    layer = SMoLoRALinear(base, r=8, experts=4, n_vu=2, alpha=16, dropout=0.0, d_emb=6, **kw)
+    return base, layer
+
+
+def test_exactly_one_expert_per_group_is_active_per_sample():
+    base, layer = _layer()
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x, emb = torch.randn(5, 7, 12), torch.randn(5, 6)
+    layer.if_input = emb
+    out = layer(x)
+    vu, if_ = layer.last_route
+    assert bool(((vu >= 0) & (vu < 2)).all()) and bool(((if_ >= 2) & (if_ < 4)).all())
+    # the output uses exactly those two rank blocks, fused per token by the softmax
+    for i in range(5):
+        blocks = []
+        for e in (int(vu[i]), int(if_[i])):
+            a, b = layer.lora_A[2 * e : 2 * e + 2], layer.lora_B[:, 2 * e : 2 * e + 2]
+            blocks.append(layer.scaling * (x[i] @ a.T @ b.T))
+        w = torch.softmax(
+            torch.cat([layer.lora_fuse_vu(blocks[0]), layer.lora_fuse_if(blocks[1])], -1), -1
+        )
+        expected = base(x[i]) + w[:, :1] * blocks[0] + w[:, 1:] * blocks[1]
+        assert torch.allclose(out[i], expected, atol=1e-5)
+    # VU routing reads the mean of the input: a sample's route follows its own tokens
+    assert torch.equal(vu, layer.lora_vu_gate(x.mean(1)).argmax(-1))
+
+
+def test_routers_get_no_gradient_and_zero_b_leaves_the_layer_unchanged():
+    base, layer = _layer()
+    x = torch.randn(3, 4, 12)
+    layer.if_input = torch.randn(3, 6)
+    assert torch.allclose(layer(x), base(x))  # B = 0: the base layer at the start
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    layer(x).sum().backward()
+    assert layer.lora_vu_gate.weight.grad is None and layer.lora_if_gate.weight.grad is None
+    assert layer.lora_A.grad is not None and layer.lora_fuse_vu.weight.grad is not None
+    assert float(layer.lora_A.detach().std()) == pytest.approx(0.01, rel=0.2)  # A ~ N(0, 0.01^2)
+    assert layer.scaling == 16 / 8  # alpha over the *total* rank
+
+
+def test_prompt_only_keeps_the_prefill_route_for_decode_steps():
+    _, layer = _layer()
+    layer.if_input = torch.randn(64, 6)
+    prefill = torch.randn(64, 5, 12)
+    layer.keep_route = True
+    layer(prefill)
+    first = layer.last_route[0].clone()
+    step = torch.randn(64, 1, 12) * 10
+    layer(step)
+    assert torch.equal(layer.last_route[0], first)  # kept
+    layer.keep_route = False  # faithful: each decode step routes from its own token
+    layer(step)
+    assert not torch.equal(layer.last_route[0], first)
+
+
+def test_instruction_is_the_last_sentence():
+    q = "what colour is the cube? answer the question using a single word or phrase."
+    assert instruction_of(q) == "answer the question using a single word or phrase."
+    assert instruction_of("describe it in one sentence.") == "describe it in one sentence."
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    return Benchmark(_gen(tmp_path_factory.mktemp("smolora") / "t", train=32, test=12))
+
+
+def test_smolora_targets_the_mlp_and_projector_and_starts_as_the_base(bench):
+    torch.manual_seed(0)
+    mllm = build_tiny(TEXT, VISION)
+    dm = ContinualDataModule(bench, mllm.collator, batch_size=4)
+    dm.set_task(0)
+    batch = next(iter(dm.train_dataloader()))
+    inputs = model_inputs(batch)
+    with torch.no_grad():
+        before = mllm.model(**inputs).logits
+    m = SMoLoRA(r=8, experts=4, n_vu=2, alpha=16)
+    m.setup_model(mllm)
+    m.on_task_start(0, dm)
+    assert all(("mlp" in n) or ("multi_modal_projector" in n) for n in m.wrapped)
+    assert not any("self_attn" in n or "vision_tower" in n for n in m.wrapped)
+    m._set_context(batch, "color", training=True)
+    with torch.no_grad():
+        after = m.mllm(**inputs).logits
+    assert torch.allclose(before, after, atol=1e-6)
+    trainable = set(m.trainable_named())
+    assert trainable == m.expected_trainable() and not any("gate.weight" in n for n in trainable)
+    groups = [g for g in m.param_groups() if g["params"]]
+    assert any(g.get("lr") == m.projector_lr for g in groups)
+    # per sample: same instruction -> same IF expert (text_embedding routing)
+    m.mllm(**inputs)
+    layer = m.layers()[0]
+    if_routes = layer.last_route[1]
+    instr = [instruction_of(q) for q in batch["questions"]]
+    for i in range(len(instr)):
+        for j in range(len(instr)):
+            if instr[i] == instr[j]:
+                assert if_routes[i] == if_routes[j]
+
+
+@pytest.mark.parametrize("if_route", ["text_embedding", "oracle_type"])
+def test_smolora_end_to_end_routers_bit_identical_across_tasks(tmp_path, if_route):
+    over = [*MICRO, "method=smolora", "method.r=8", "method.experts=4", "method.n_vu=2"]
+    cfg = compose_cfg(tmp_path, [*over, f"method.if_route={if_route}"])
+    res = run(cfg, Path(cfg.paths.output_dir))
+    a = load_file(str(tmp_path / "run" / "checkpoints" / "task00" / "adapters.safetensors"))
+    b = load_file(str(tmp_path / "run" / "checkpoints" / "task01" / "adapters.safetensors"))
+    gates = [k for k in a if "_gate." in k]
+    assert gates and all(torch.equal(a[k], b[k]) for k in gates)  # saved, never re-initialised
+    experts = [k for k in a if k.endswith("lora_B")]
+    assert any(not torch.equal(a[k], b[k]) for k in experts)  # the experts did train
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["task_id_at_test"] is (if_route == "oracle_type")
+    assert res["unseen_matrix"][-1][0] is not None  # the unseen task is scored
