@@ -39,6 +39,7 @@ def test_full_matrix_by_hand():
         m["maa"],
         m["bwt"],
     )
+    assert (m["AP"], m["MAP"]) == (m["last"], m["maa"])  # SMoLoRA's names for the same numbers
     assert m["unseen"] is None
     assert {"last", "bwt_max", "forgetting", "fwt"} <= set(m["conventions"])
     assert "row 0 included" in m["conventions"]["bwt_max"]

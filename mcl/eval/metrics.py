@@ -21,6 +21,7 @@ CONVENTIONS = {
     "fwt": "mean_{j=2..T} (A[j-1][j] - A[0][j])",
     "plasticity": "mean_j A[j][j] (MFT)",
     "unseen": "mean_u U[T][u] over unseen tasks; unseen_per_row gives it for every row",
+    "aliases": "MFN = AP = last; MAA = MAP = maa; MFT = plasticity (MCITlib, SMoLoRA names)",
 }
 
 
@@ -87,6 +88,7 @@ def continual_metrics(
         "plasticity": plasticity,
     }
     out |= {"MFT": plasticity, "MFN": last, "MAA": out["maa"], "BWT": out["bwt"]}
+    out |= {"AP": last, "MAP": out["maa"]}  # SMoLoRA's names (AP mixes CIDEr with accuracies)
 
     per_row = None
     if unseen is not None:
