@@ -70,6 +70,13 @@ class ContinualMethod(L.LightningModule):
             id(p) for part in self.parts for m in mllm.part_modules(part) for p in m.parameters()
         }
 
+    def keep_wrapped_base(self) -> None:
+        """After wrapping base linears (``x`` -> ``x.base``), count their renamed weights as base
+        still, so task checkpoints hold only what the method added."""
+        self._base_names |= {
+            n for n in self.state_dict() if n.replace(".base.", ".", 1) in self._base_names
+        }
+
     def part_names(self) -> set[str]:
         """Names of the parameters of the fully fine-tuned parts (by identity: an adapter
         wrapping one of their layers renames it, the tensor stays the same)."""

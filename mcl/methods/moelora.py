@@ -37,10 +37,7 @@ class MoELoRA(ContinualMethod):
             mllm.lm_targets(self.targets),
             lambda lin: MoELoRALinear(lin, self.r, self.experts, self.alpha, self.dropout),
         )
-        # wrapping renames "x.weight" to "x.base.weight": still the frozen base
-        self._base_names |= {
-            n for n in self.state_dict() if n.replace(".base.", ".", 1) in self._base_names
-        }
+        self.keep_wrapped_base()
 
     def moe_layers(self) -> list[MoELoRALinear]:
         return [m for m in self.modules() if isinstance(m, MoELoRALinear)]

@@ -92,9 +92,7 @@ class SMoLoRA(ContinualMethod):
                 lin, self.r, self.experts, self.n_vu, self.alpha, self.dropout, d_emb
             ),
         )
-        self._base_names |= {  # wrapping renames "x.weight" to "x.base.weight": still base
-            n for n in self.state_dict() if n.replace(".base.", ".", 1) in self._base_names
-        }
+        self.keep_wrapped_base()
         proj_ids = set()
         if self.projector:
             proj_ids = {id(p) for p in mllm.part_modules("projector")[0].parameters()}

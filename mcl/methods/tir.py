@@ -30,8 +30,17 @@ from mcl.models.task_embedding import FrozenFeatures, task_embedding, task_simil
 class _TIR:
     """The TIR parts, mixed into EWC (tir_ewc) or MAS (tir_mas)."""
 
-    def _tir_init(self, embed_samples: int, embed_seed: int, divide_by_iterations: bool,
-                  rescale_in_place: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        embed_samples: int = 1000,
+        embed_seed: int = 0,
+        divide_by_iterations: bool = False,
+        rescale_in_place: bool = True,
+        **kw,
+    ):
+        kw.setdefault("lam", 1.0e5)
+        super().__init__(name=name, **kw)  # EWC or MAS
         self.embed_samples, self.embed_seed = embed_samples, embed_seed
         self.divide_by_iterations, self.rescale_in_place = divide_by_iterations, rescale_in_place
         self.normalize = True  # TIR's importance always sums to 1 per task
@@ -111,30 +120,10 @@ class _TIR:
 
 
 class TIREWC(_TIR, EWC):
-    def __init__(
-        self,
-        name: str = "tir_ewc",
-        embed_samples: int = 1000,
-        embed_seed: int = 0,
-        divide_by_iterations: bool = False,
-        rescale_in_place: bool = True,
-        **kw,
-    ):
-        kw.setdefault("lam", 1.0e5)
+    def __init__(self, name: str = "tir_ewc", **kw):
         super().__init__(name=name, **kw)
-        self._tir_init(embed_samples, embed_seed, divide_by_iterations, rescale_in_place)
 
 
 class TIRMAS(_TIR, MAS):
-    def __init__(
-        self,
-        name: str = "tir_mas",
-        embed_samples: int = 1000,
-        embed_seed: int = 0,
-        divide_by_iterations: bool = False,
-        rescale_in_place: bool = True,
-        **kw,
-    ):
-        kw.setdefault("lam", 1.0e5)
+    def __init__(self, name: str = "tir_mas", **kw):
         super().__init__(name=name, **kw)
-        self._tir_init(embed_samples, embed_seed, divide_by_iterations, rescale_in_place)
