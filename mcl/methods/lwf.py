@@ -46,6 +46,10 @@ class LwF(SeqLoRA):
         if self._teacher is None:
             return None
         inputs = {k: v for k, v in self.model_inputs(batch).items() if k != "labels"}
+        device = out.logits.device
+        if next(iter(self._teacher.values())).device != device:
+            # copied at task start, before the Trainer moved the model to its device
+            self._teacher = {n: t.to(device) for n, t in self._teacher.items()}
         with torch.no_grad():
             teacher = functional_call(self.mllm, self._teacher, args=(), kwargs=inputs)
         return self.lam * self.distillation(out.logits, teacher.logits, batch["labels"])
