@@ -112,8 +112,8 @@ class ContinualRunner:
         )
         records, n_format = [], 0
         self.method.eval()
+        index = self.bench.task_names.index(name) if name in self.bench.task_names else None
         if self.method.task_id_at_test:  # an oracle the method's paper uses; recorded
-            index = self.bench.task_names.index(name) if name in self.bench.task_names else None
             self.method.set_eval_task(name, index)
         for samples, batch in self.dm.test_batches(name):
             preds = self.method.generate(batch, max_new_tokens=spec.get("max_new_tokens", 8))
@@ -129,7 +129,6 @@ class ContinualRunner:
         score = float(main.compute())
         held_score = float(held.compute()) if any(r["heldout"] for r in records) else None
         self.format_scores[row][name] = 100.0 * n_format / max(1, len(records))
-        index = self.bench.task_names.index(name) if name in self.bench.task_names else None
         extra = self.method.eval_metrics(index)  # told the task only after it answered
         if extra:
             self.method_eval[row][name] = extra

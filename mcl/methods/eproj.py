@@ -71,22 +71,13 @@ class EProj(ContinualMethod):
         # the pretrained copy is base, not something a task checkpoint must hold
         self._base_names |= {n for n in self.state_dict() if ".init_" in n}
         self.features = FrozenFeatures(mllm)
-        d_img = self.features.image(torch.zeros(1, *self._pixel_shape(mllm))).shape[-1]
         d_txt = mllm.model.get_input_embeddings().weight.shape[1]
-        self.dims = (d_img, d_txt)
+        self.dims = (self.features.image_dim, d_txt)
         self.keys_img, self.keys_inst = nn.ParameterList(), nn.ParameterList()
 
     @property
     def expand(self) -> ExpandableLinear:
         return self.mllm.model.get_submodule(self._expand_path)
-
-    @staticmethod
-    def _pixel_shape(mllm) -> tuple[int, ...]:
-        from PIL import Image
-
-        size = getattr(mllm.processor.image_processor, "crop_size", None) or {}
-        side = size.get("height", 48) if isinstance(size, dict) else 48
-        return tuple(mllm.collator._images([Image.new("RGB", (side, side))]).shape[1:])
 
     def add_expert(self) -> None:
         self.expand.add_expert()

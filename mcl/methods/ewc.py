@@ -64,9 +64,13 @@ class EWC(SeqLoRA):
             self.anchor(n).copy_(p.detach())
         self._active = any(bool(self.importance(n).any()) for n in self.trainable_named())
 
+    def weight(self, name: str) -> torch.Tensor:
+        """Each element's penalty weight: its importance (TIR rescales it)."""
+        return self.importance(name)
+
     def penalty(self) -> torch.Tensor:
         terms = [
-            (self.importance(n) * (p - self.anchor(n)) ** 2).sum()
+            (self.weight(n) * (p - self.anchor(n)) ** 2).sum()
             for n, p in self.trainable_named().items()
         ]
         return self.lam * (0.5 if self.half else 1.0) * torch.stack(terms).sum()

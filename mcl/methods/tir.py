@@ -85,14 +85,10 @@ class _TIR:
         self._scale = scales or None
         self._active = any(bool(self.importance(n).any()) for n in self.trainable_named())
 
-    def penalty(self) -> torch.Tensor:
-        if self._scale is None:
-            return super().penalty()
-        terms = [
-            (self.importance(n) * self._scale[n] * (p - self.anchor(n)) ** 2).sum()
-            for n, p in self.trainable_named().items()
-        ]
-        return self.lam * (0.5 if self.half else 1.0) * torch.stack(terms).sum()
+    def weight(self, name: str) -> torch.Tensor:
+        if self._scale is None:  # rescaled in place (the default), or nothing to rescale
+            return self.importance(name)
+        return self.importance(name) * self._scale[name]
 
     def on_task_end(self, task: int, dm) -> None:
         new = self.estimate_importance(self.task_batches(dm))

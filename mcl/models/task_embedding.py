@@ -24,8 +24,10 @@ class FrozenFeatures:
         self.mllm, self.batch_size = mllm, batch_size
         self.tower = mllm.part_modules("vision")[0]
 
-    def _device(self) -> torch.device:
-        return next(self.tower.parameters()).device
+    @property
+    def image_dim(self) -> int:
+        """Width of ``image()``'s features: the tower's hidden size (pooled or mean)."""
+        return self.tower.config.hidden_size
 
     @torch.no_grad()
     def image(self, pixel_values: torch.Tensor) -> torch.Tensor:
