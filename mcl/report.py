@@ -45,6 +45,7 @@ TABLE_COLUMNS = (
     ("Plasticity (MFT)", "plasticity"),
     ("Unseen", "unseen"),
     ("IF", "if_score"),
+    ("MIF", "MIF"),
 )
 LOWER_IS_BETTER = {"forgetting", "trainable", "time_s"}
 # bounds rather than competitors (joint = upper, zero-shot = lower), so never bolded as "best"
@@ -82,20 +83,30 @@ def warn(message: str) -> None:
 # ---------------------------------------------------------------------------------- collecting
 
 
-def find_results(path: str | os.PathLike) -> list[Path]:
-    """Every results.json at or below `path` (a run, a sweep or any parent directory)."""
-    path = Path(path)
+def results_name(scoring: str | None = None) -> str:
+    """The results file of a scoring: results.json, or results.NAME.json written by
+    `python -m mcl.eval.rescore --scorer-mode NAME`."""
+    return f"results.{scoring}.json" if scoring else "results.json"
+
+
+def find_results(path: str | os.PathLike, scoring: str | None = None) -> list[Path]:
+    """Every results.json (or results.SCORING.json) at or below `path` (a run, a sweep or any
+    parent directory)."""
+    path, name = Path(path), results_name(scoring)
     if not path.exists():
         raise ReportError(f"no such path: {path}; pass existing run or sweep directories")
     if path.is_file():
-        if path.name != "results.json":
-            raise ReportError(f"{path} is not a results.json; pass its run directory instead")
+        if path.name != name:
+            raise ReportError(f"{path} is not a {name}; pass its run directory instead")
         return [path]
-    found = sorted(path.rglob("results.json"))
+    found = sorted(path.rglob(name))
     if not found:
-        raise ReportError(
-            f"no results.json under {path}; pass run directories or a multirun sweep directory"
+        hint = (
+            f"; re-score the runs first: python -m mcl.eval.rescore {path} --scorer-mode {scoring}"
+            if scoring
+            else "; pass run directories or a multirun sweep directory"
         )
+        raise ReportError(f"no {name} under {path}{hint}")
     return found
 
 
@@ -202,12 +213,16 @@ def _drop_duplicates(runs: list[dict]) -> list[dict]:
     return sorted(kept.values(), key=lambda r: r["dir"])
 
 
-def collect(paths: Iterable[str | os.PathLike], include_incomplete: bool = False) -> list[dict]:
+def collect(
+    paths: Iterable[str | os.PathLike],
+    include_incomplete: bool = False,
+    scoring: str | None = None,
+) -> list[dict]:
     """Load every usable results.json below `paths`: unfinished runs are skipped unless
     `include_incomplete`, duplicate seeds keep the newest run. Raises ReportError if none is left.
     """
     # the same file reached through two arguments (a run and its parent) counts once
-    files = {f.resolve(): f for p in paths for f in find_results(p)}
+    files = {f.resolve(): f for p in paths for f in find_results(p, scoring)}
     runs = [run for run in map(load_run, files.values()) if run is not None]
     if not include_incomplete:
         for run in runs:
@@ -617,6 +632,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep runs whose results.json says complete: false (running or crashed)",
     )
+    parser.add_argument(
+        "--scoring",
+        default=None,
+        metavar="NAME",
+        help="report results.NAME.json, written by `python -m mcl.eval.rescore --scorer-mode "
+        "NAME` (e.g. smolora), instead of results.json",
+    )
     return parser
 
 
@@ -624,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     order = [name.strip() for name in args.order.split(",") if name.strip()]
     try:
-        groups = aggregate(collect(args.paths, args.include_incomplete))
+        groups = aggregate(collect(args.paths, args.include_incomplete, args.scoring))
         known = {g["method"] for g in groups} | {g["label"] for g in groups}
         for name in order:
             if name not in known:

@@ -14,9 +14,9 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from mcl.eval.metrics import continual_metrics
+from mcl.eval.metrics import continual_metrics, instruction_metrics
 from mcl.eval.report import matrix_table, plot_matrix, write_matrix_csv
-from mcl.eval.scorers import build_scorer, format_ok, scorer_mode_applies
+from mcl.eval.scorers import format_ok, score_records, task_modes
 from mcl.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
@@ -69,12 +69,19 @@ class ContinualRunner:
         resume: bool = False,
         progress: bool = True,
         meta: dict | None = None,
-        scorer_mode: str = "strict",
+        scorer_mode: str | dict = "strict",
+        scorer_presets: dict | None = None,
     ):
         self.method, self.dm = method, datamodule
         method.bind_data(datamodule)
-        self.mode = scorer_mode
         self.bench = datamodule.bench
+        # {task: mode}; a bad mode fails here, before any training
+        self.modes = task_modes(
+            scorer_mode,
+            {t["name"]: t["scorer"] for t in self.bench.tasks + self.bench.unseen},
+            scorer_presets,
+        )
+        self.mode_name = scorer_mode if isinstance(scorer_mode, str) else "per-task"
         self.out = Path(out_dir)
         self.trainer_kwargs = trainer_kwargs
         self.steps, self.epochs = steps_per_task, epochs_per_task
@@ -90,6 +97,8 @@ class ContinualRunner:
         self.if_scores: list[dict] = [{} for _ in range(T + 1)]
         # per row and task: % of answers in the required format (letter, box, number, ...)
         self.format_scores: list[dict] = [{} for _ in range(T + 1)]
+        # per row and task: % of answers SMoLoRA's IF rule accepts (its MIF; smolora_if_ok)
+        self.mif_scores: list[dict] = [{} for _ in range(T + 1)]
         self.params: list[dict] = []
         self.method_info: list[dict] = []  # per task: what the method reports (task_info)
         # per row and task: the method's own evaluation numbers (eval_metrics), e.g. routing
@@ -98,18 +107,9 @@ class ContinualRunner:
         self.global_step = 0
 
     # ------------------------------------------------------------------ evaluation
-    def scorer_mode(self, scorer: str) -> str:
-        """The compatibility mode that actually applies to a scorer (others stay strict)."""
-        return self.mode if scorer_mode_applies(scorer, self.mode) else "strict"
-
     def evaluate_task(self, name: str, row: int) -> tuple[float, float | None]:
         """Score on the main test samples; the held-out-template samples give the IF score."""
         spec = self.bench.task(name)
-        mode = self.scorer_mode(spec["scorer"])
-        main, held = (
-            build_scorer(spec["scorer"], mode=mode),
-            build_scorer(spec["scorer"], mode=mode),
-        )
         records, n_format = [], 0
         self.method.eval()
         index = self.bench.task_names.index(name) if name in self.bench.task_names else None
@@ -120,15 +120,15 @@ class ContinualRunner:
             for s, p in zip(samples, preds):
                 n_format += format_ok(spec["scorer"], spec.get("answer_type"), p)
                 heldout = s["meta"].get("template") == "heldout"
-                (held if heldout else main).update([p], [s["answers"]])
                 records.append(
                     {"key": s["key"], "pred": p, "answers": s["answers"], "heldout": heldout}
                 )
         lines = "".join(json.dumps(r) + "\n" for r in records)
         atomic_write_text(self.out / "predictions" / f"row{row}" / f"{name}.jsonl", lines)
-        score = float(main.compute())
-        held_score = float(held.compute()) if any(r["heldout"] for r in records) else None
+        scores = score_records(records, spec["scorer"], self.modes[name])
         self.format_scores[row][name] = 100.0 * n_format / max(1, len(records))
+        self.mif_scores[row][name] = scores["mif"]
+        score, held_score = scores["score"], scores["held"]
         extra = self.method.eval_metrics(index)  # told the task only after it answered
         if extra:
             self.method_eval[row][name] = extra
@@ -219,6 +219,7 @@ class ContinualRunner:
             "unseen_matrix": self.unseen,
             "if_scores": self.if_scores,
             "format_scores": self.format_scores,
+            "mif_scores": self.mif_scores,
             "params": self.params,
             "method_info": self.method_info,
             "method_eval": self.method_eval,
@@ -241,6 +242,7 @@ class ContinualRunner:
         self.matrix, self.unseen = state["matrix"], state["unseen_matrix"]
         self.if_scores, self.params = state["if_scores"], state["params"]
         self.format_scores = state.get("format_scores", self.format_scores)
+        self.mif_scores = state.get("mif_scores", self.mif_scores)
         self.method_info = state.get("method_info", [])
         self.method_eval = state.get("method_eval", self.method_eval)
         self.timings, self.global_step = state["timings"], state["global_step"]
@@ -272,10 +274,13 @@ class ContinualRunner:
 
     def write_report(self, partial: bool) -> dict:
         metrics = continual_metrics(self.matrix, unseen=self.unseen)
-        last_if = [v for v in self.if_scores[-1].values() if v is not None]
-        metrics["if_score"] = sum(last_if) / len(last_if) if last_if else None
-        last_fmt = list(self.format_scores[-1].values())
-        metrics["format_compliance"] = sum(last_fmt) / len(last_fmt) if last_fmt else None
+        metrics |= instruction_metrics(
+            self.bench.task_names,
+            self.bench.unseen_names,
+            self.if_scores,
+            self.format_scores,
+            self.mif_scores,
+        )
         results = {
             "bench": self.bench.name,
             "data_source": self.bench.source,
@@ -290,8 +295,10 @@ class ContinualRunner:
             "unseen_matrix": self.unseen,
             "if_scores": self.if_scores,
             "format_scores": self.format_scores,
+            "mif_scores": self.mif_scores,
+            "scorer_mode": self.mode_name,
             "scorers": {
-                t["name"]: {"scorer": t["scorer"], "mode": self.scorer_mode(t["scorer"])}
+                t["name"]: {"scorer": t["scorer"], "mode": self.modes[t["name"]]}
                 for t in self.bench.tasks + self.bench.unseen
             },
             "skipped": self.dm.skipped,

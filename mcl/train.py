@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from mcl.config import CONF_DIR, ConfigError, check_overrides
 from mcl.data.bench import BenchmarkError, prepare
 from mcl.data.datamodule import ContinualDataModule, DataError
+from mcl.eval.scorers import task_modes
 from mcl.runner import ContinualRunner, find_resumable
 
 USER_ERRORS = (ConfigError, BenchmarkError, DataError, FileNotFoundError)
@@ -98,6 +99,14 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
     quiet_libraries()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     bench = prepare(cfg.bench, cfg.paths.data_dir, progress=cfg.progress)
+    scorer_mode = _container(cfg.bench.get("scorer_mode", "strict"))
+    presets = _container(cfg.bench.get("scorer_presets")) or {}
+    try:  # fail on a bad scorer mode before the model is built
+        task_modes(
+            scorer_mode, {t["name"]: t["scorer"] for t in bench.tasks + bench.unseen}, presets
+        )
+    except ValueError as e:
+        raise ConfigError(f"bench.scorer_mode: {e}") from None
     mllm = instantiate(cfg.model)
     method = _instantiate_method(cfg.method)
     method.setup_model(mllm)
@@ -125,8 +134,14 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
         resume=cfg.resume,
         progress=cfg.progress,
         meta={"config": config, "model_info": mllm.info},
-        scorer_mode=cfg.bench.get("scorer_mode", "strict"),
+        scorer_mode=scorer_mode,
+        scorer_presets=presets,
     )
+
+
+def _container(value):
+    """A plain dict/list for an OmegaConf node, the value itself otherwise."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:

@@ -92,3 +92,19 @@ def test_mcitlib_moe_preset_and_bad_method_values_are_one_line(tmp_path):
     uneven = compose_cfg(tmp_path, ["train.global_batch=64", "train.batch_size=24"])
     with pytest.raises(ConfigError, match="global_batch=64 is not a multiple"):
         trainer_kwargs(uneven)
+
+
+def test_cvit_smolora_scoring_preset_resolves_for_every_task(tmp_path):
+    from omegaconf import OmegaConf
+
+    from mcl.eval.scorers import task_modes
+
+    cfg = compose_cfg(tmp_path, ["bench=cvit", "bench.scorer_mode=smolora"])
+    info = OmegaConf.to_container(cfg.bench.task_info)
+    scorers = {t: info[t]["scorer"] for t in list(cfg.bench.tasks) + list(cfg.bench.unseen)}
+    modes = task_modes(
+        cfg.bench.scorer_mode, scorers, OmegaConf.to_container(cfg.bench.scorer_presets)
+    )
+    assert modes["flickr30k"] == modes["textcaps"] == "best_ref_cider"
+    assert modes["vqav2"] == "coin_vqa_exact" and modes["imagenet"] == "two_way_contains"
+    assert modes["textvqa"] == modes["scienceqa"] == modes["gqa"] == "strict"

@@ -227,3 +227,45 @@ def test_methods_with_task_state_resume_to_the_same_matrix(tmp_path, method):
     cfg = compose_cfg(tmp_path / "b", [*over, "resume=true"])
     resumed = run(cfg, Path(cfg.paths.output_dir))
     assert resumed["matrix"] == json.loads(json.dumps(full["matrix"]))
+
+
+def test_mif_per_task_and_rescoring_a_finished_run(first_run, tmp_path):
+    from mcl.eval.rescore import main as rescore_main
+    from mcl.eval.rescore import rescore_run
+    from mcl.report import main as report_main
+
+    tmp, _, results = first_run
+    out = tmp / "run"
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["mif_scores"][3]) == {"color", "position", "count", "compose"}
+    assert r["scorer_mode"] == "strict" and 0 <= r["metrics"]["MIF"] <= 100
+    before = (out / "results.json").read_bytes()
+    # re-scoring under the same convention reproduces the run's numbers exactly
+    same = rescore_run(out, "strict")
+    assert same["matrix"] == r["matrix"] and same["unseen_matrix"] == r["unseen_matrix"]
+    assert same["mif_scores"] == r["mif_scores"] and same["if_scores"] == r["if_scores"]
+    # another convention rescored from the saved answers; results.json is never touched
+    assert rescore_main([str(out), "--scorer-mode", "lower_exact"]) == 0
+    low = json.loads((out / "results.lower_exact.json").read_text())
+    assert low["scorers"]["color"] == {"scorer": "vqa", "mode": "lower_exact"}
+    assert low["rescored_from"] == "results.json" and low["scorer_mode"] == "lower_exact"
+    assert (out / "results.json").read_bytes() == before
+    for row_low, row in zip(low["matrix"], r["matrix"]):
+        # lower-case exact match never scores above VQA soft accuracy's normalised match
+        assert all((a is None) == (b is None) for a, b in zip(row_low, row))
+    assert report_main([str(out), "--scoring", "lower_exact", "--out", str(tmp_path / "rep")]) == 0
+    assert "MIF" in (tmp_path / "rep" / "report.md").read_text()
+    assert rescore_main([str(out), "--scorer-mode", "best_ref_cider_typo"]) == 2
+
+
+def test_bad_scorer_mode_fails_before_the_model_is_built(tmp_path, micro_overrides):
+    from mcl.config import ConfigError
+    from mcl.train import build
+
+    cfg = compose_cfg(tmp_path, micro_overrides + ["bench.scorer_mode={color: best_ref_cider}"])
+    with pytest.raises(
+        ConfigError,
+        match="bench.scorer_mode: scorer mode 'best_ref_cider' does not apply to task color",
+    ) as e:
+        build(cfg, tmp_path / "run")
+    assert "\n" not in str(e.value)

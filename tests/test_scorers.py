@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mcl.eval.caption import BLEU4, CaptionAvg7, CIDErD, RougeL
+from mcl.eval.caption import BLEU4, CaptionAvg7, CIDErBestRef, CIDErD, RougeL, cider_d
 from mcl.eval.scorers import (
     SCORER_MODES,
     SCORER_NAMES,
@@ -15,8 +15,10 @@ from mcl.eval.scorers import (
     CoinVQAExact,
     ExactMatch,
     GroundingIoU,
+    LowerExact,
     MCITlibContains,
     MultipleChoice,
+    TwoWayContains,
     VQAAccuracy,
     box_iou,
     build_scorer,
@@ -26,10 +28,15 @@ from mcl.eval.scorers import (
     effective_scorer_mode,
     extract_choice,
     iou_score,
+    lower_exact_score,
     mcitlib_contains_score,
     normalize_vqa,
     parse_box,
+    score_records,
     scorer_mode_applies,
+    smolora_if_ok,
+    task_modes,
+    two_way_contains_score,
     vqa_score,
 )
 
@@ -205,13 +212,18 @@ def test_build_scorer():
 
 def test_build_scorer_modes_and_errors():
     assert SCORER_NAMES == ("vqa", "exact", "mc", "iou", "cider", "bleu4", "rougeL")
-    assert SCORER_MODES[0] == "strict" and len(SCORER_MODES) == 5
+    assert SCORER_MODES[0] == "strict" and len(SCORER_MODES) == 8
     expected = {
         ("vqa", "coin_vqa_exact"): CoinVQAExact,
         ("vqa", "mcitlib_contains"): MCITlibContains,
         ("exact", "mcitlib_contains"): MCITlibContains,
         ("iou", "coin_grounding"): CoinGroundingIoU,
         ("cider", "mcitlib_caption_avg7"): CaptionAvg7,
+        ("cider", "best_ref_cider"): CIDErBestRef,
+        ("exact", "two_way_contains"): TwoWayContains,
+        ("vqa", "two_way_contains"): TwoWayContains,
+        ("exact", "lower_exact"): LowerExact,
+        ("vqa", "lower_exact"): LowerExact,
     }
     for name in SCORER_NAMES:
         strict_type = type(build_scorer(name))
@@ -321,3 +333,107 @@ def test_compute_returns_float_tensor():
     metric.update(["yes"], [["yes"]])
     out = metric.compute()
     assert isinstance(out, torch.Tensor) and out.is_floating_point() and out.item() == 100.0
+
+
+# ---------------------------------------------------------------- SMoLoRA's conventions
+def test_two_way_contains_matches_either_direction():
+    assert two_way_contains_score("Tabby cat", ["tabby"]) == 1.0  # reference inside prediction
+    assert two_way_contains_score("tabby", ["tabby cat"]) == 1.0  # prediction inside reference
+    assert two_way_contains_score("dog", ["tabby cat"]) == 0.0
+    assert two_way_contains_score("  ", ["tabby cat"]) == 0.0  # empty would match everything
+    assert exact_match_differs_from_two_way()
+
+
+def exact_match_differs_from_two_way() -> bool:
+    m, strict = build_scorer("exact", mode="two_way_contains"), build_scorer("exact")
+    m.update(["tabby"], [["tabby cat"]])
+    strict.update(["tabby"], [["tabby cat"]])
+    return float(m.compute()) == 100.0 and float(strict.compute()) == 0.0
+
+
+def test_lower_exact_and_unanswerable():
+    assert lower_exact_score(" Harry Potter ", ["harry potter"]) == 1.0
+    assert lower_exact_score("the harry potter", ["harry potter"]) == 0.0  # no article dropping
+    assert lower_exact_score("Unanswerable", ["Unanswerable"]) == 0.0
+    assert exact_match_score_strict("the harry potter", "harry potter") == 1.0
+
+
+def exact_match_score_strict(pred, ref) -> float:
+    m = build_scorer("exact")
+    m.update([pred], [[ref]])
+    return float(m.compute()) / 100
+
+
+CAPS = [
+    ["a red cat sits on a mat .", "there is a cat .", "a dog runs in the park ."],
+    ["a blue car on the road .", "a truck parked near a house ."],
+    ["two birds fly over the sea .", "birds in the sky ."],
+]
+
+
+def test_best_reference_cider_uses_only_the_best_reference():
+    preds = ["a red cat sits on a mat .", "a blue car on a road .", "birds fly over the sea ."]
+    per_ref = cider_d(preds, CAPS, per_reference=True)
+    assert [len(s) for s in per_ref] == [3, 2, 2]
+    # a caption's CIDEr-D is the mean of its per-reference terms
+    assert cider_d(preds, CAPS)[1] == pytest.approx([sum(s) / len(s) for s in per_ref])
+    best = [[refs[max(range(len(s)), key=s.__getitem__)]] for refs, s in zip(CAPS, per_ref)]
+    assert best[0] == ["a red cat sits on a mat ."] and best[1] == ["a blue car on the road ."]
+    m = build_scorer("cider", mode="best_ref_cider")
+    m.update(preds, CAPS)
+    assert float(m.compute()) == pytest.approx(cider_d(preds, best)[0] * 100, rel=1e-6)
+    strict = build_scorer("cider")
+    strict.update(preds, CAPS)
+    assert float(m.compute()) > float(strict.compute())  # optimistic, as the spec warns
+
+
+@pytest.mark.parametrize(
+    ("scorer", "pred", "refs", "ok"),
+    [
+        ("mc", " b ", ["A"], True),  # one letter, right or wrong
+        ("mc", "B.", ["B"], False),
+        ("mc", "the answer is B", ["B"], False),
+        ("vqa", "red car", ["blue"], True),  # <= 2 words
+        ("vqa", "a red car", ["blue"], False),
+        ("exact", "Golden Gate Bridge", ["golden gate bridge"], True),  # equals the answer
+        ("cider", "a cat sits on the mat.", ["x"], True),  # ends with "." and > 4 words
+        ("cider", "a cat sits on the mat", ["x"], False),  # no final period
+        ("cider", "a cat.", ["there is a cat."], True),  # short but inside a reference
+        ("cider", "a dog.", ["there is a cat."], False),
+    ],
+)
+def test_smolora_if_rule(scorer, pred, refs, ok):
+    assert smolora_if_ok(scorer, pred, refs) is ok
+
+
+def test_task_modes_single_map_preset_and_errors():
+    scorers = {"vqav2": "vqa", "gqa": "exact", "flickr30k": "cider", "sqa": "mc"}
+    assert task_modes("coin_vqa_exact", scorers) == {
+        "vqav2": "coin_vqa_exact",
+        "gqa": "strict",
+        "flickr30k": "strict",
+        "sqa": "strict",
+    }
+    presets = {"paper": {"vqav2": "coin_vqa_exact", "flickr30k": "best_ref_cider"}}
+    by_preset = task_modes("paper", scorers, presets)
+    assert by_preset == task_modes(presets["paper"], scorers)
+    assert by_preset["flickr30k"] == "best_ref_cider" and by_preset["gqa"] == "strict"
+    with pytest.raises(ValueError, match="does not apply to task gqa") as e:
+        task_modes({"gqa": "best_ref_cider"}, scorers)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="not in this benchmark: nope"):
+        task_modes({"nope": "strict"}, scorers)
+    with pytest.raises(ValueError, match="or a preset of this benchmark: paper"):
+        task_modes("smolora", scorers, presets)
+
+
+def test_score_records_splits_heldout_and_counts_mif():
+    records = [
+        {"pred": "red", "answers": ["red"], "heldout": False},
+        {"pred": "blue", "answers": ["red"], "heldout": False},
+        {"pred": "red", "answers": ["red"], "heldout": True},
+        {"pred": "it is a red one", "answers": ["red"], "heldout": True},
+    ]
+    s = score_records(records, "exact")
+    assert s["score"] == 50.0 and s["held"] == 0.0 + 50.0 and s["mif"] == 75.0
+    assert score_records(records[:2], "exact")["held"] is None

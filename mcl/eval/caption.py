@@ -71,6 +71,7 @@ def cider_d(
     n: int = 4,
     sigma: float = 6.0,
     tokenizer: Tokenizer = tokenize_caption,
+    per_reference: bool = False,
 ) -> tuple[float, list[float]]:
     """CIDEr-D of a corpus: (corpus score, per-caption scores), on the usual 0..~10 scale.
 
@@ -89,7 +90,9 @@ def cider_d(
     lengths is the same, except for an empty sentence, whose similarity is 0 either way.
 
     A corpus of one caption scores 0: every reference n-gram then has idf log(1) - log(1) = 0.
-    CIDEr needs the whole test set, never a single batch.
+    CIDEr needs the whole test set, never a single batch. With `per_reference=True` it returns
+    instead, per caption, the list of its scores against each single reference (the terms the
+    caption's score averages).
     """
     cands, refss = _tokenized(preds, refs, tokenizer)
     if not cands:
@@ -110,21 +113,46 @@ def cider_d(
             norms[len(gram) - 1] += weight * weight
         return vec, [math.sqrt(x) for x in norms]
 
-    scores = []
+    per_ref = []  # per caption: its CIDEr-D against each single reference (corpus df)
     for cand, counts, refs_tokens, refs_counts in zip(cands, cand_counts, refss, ref_counts):
         vec, norm = tfidf(counts)
-        total = [0.0] * n
+        sims = []
         for ref, ref_count in zip(refs_tokens, refs_counts):
             ref_vec, ref_norm = tfidf(ref_count)
             penalty = math.exp(-((len(cand) - len(ref)) ** 2) / (2 * sigma**2))
+            sim = 0.0
             for k in range(n):
                 ref_k = ref_vec[k]
                 dot = sum(min(w, ref_k.get(g, 0.0)) * ref_k.get(g, 0.0) for g, w in vec[k].items())
                 if norm[k] and ref_norm[k]:
                     dot /= norm[k] * ref_norm[k]
-                total[k] += dot * penalty
-        scores.append(10.0 * sum(total) / n / len(refs_tokens))
+                sim += dot * penalty
+            sims.append(10.0 * sim / n)
+        per_ref.append(sims)
+    if per_reference:
+        return per_ref  # type: ignore[return-value]
+    scores = [sum(sims) / len(sims) for sims in per_ref]
     return sum(scores) / len(scores), scores
+
+
+def cider_best_reference(
+    preds: Sequence[str],
+    refs: Sequence[str | Sequence[str]],
+    n: int = 4,
+    sigma: float = 6.0,
+    tokenizer: Tokenizer = tokenize_caption,
+) -> float:
+    """SMoLoRA's caption "CIDEr" (eval_flickr30k_cider.py; smolora.md section 2.5): for each
+    prediction keep only the single reference it scores best against, then compute corpus
+    CIDEr-D against those chosen references alone. Optimistic next to standard CIDEr-D.
+
+    The spec does not say with which document frequencies the best reference is chosen; here
+    it is the per-reference CIDEr-D term under the full test set's df [INFERENCE], ties going
+    to the first reference. The second pass takes df from the chosen references only, as a
+    corpus built from them would. Returns the 0..~10 scale score, like `cider_d`."""
+    per_ref = cider_d(preds, refs, n=n, sigma=sigma, tokenizer=tokenizer, per_reference=True)
+    chosen = [[_as_refs(r)[max(range(len(s)), key=s.__getitem__)]] for r, s in zip(refs, per_ref)]
+    return cider_d(preds, chosen, n=n, sigma=sigma, tokenizer=tokenizer)[0]
 
 
 # ---------------------------------------------------------------- COCO-style BLEU and ROUGE-L
@@ -347,6 +375,14 @@ class CIDErD(_CorpusCaptionMetric):
 
     def corpus_score(self, preds: list[str], refs: list[list[str]]) -> float:
         return cider_d(preds, refs, n=self.n, sigma=self.sigma)[0]
+
+
+class CIDErBestRef(_CorpusCaptionMetric):
+    """`best_ref_cider` mode of `cider`: SMoLoRA's best-reference CIDEr x100
+    (`cider_best_reference`)."""
+
+    def corpus_score(self, preds: list[str], refs: list[list[str]]) -> float:
+        return cider_best_reference(preds, refs)
 
 
 class CaptionAvg7(_CorpusCaptionMetric):

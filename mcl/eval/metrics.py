@@ -100,3 +100,30 @@ def continual_metrics(
     out["unseen_per_row"] = per_row
     out["conventions"] = dict(CONVENTIONS)
     return out
+
+
+def instruction_metrics(
+    tasks: Sequence[str],
+    unseen: Sequence[str],
+    if_scores: Sequence[dict],
+    format_scores: Sequence[dict],
+    mif_scores: Sequence[dict] | None = None,
+) -> dict:
+    """The final row's instruction-following numbers, each a mean over tasks (None if empty):
+
+    - `if_score`: accuracy on held-out instruction templates (trained and unseen tasks);
+    - `format_compliance`: mcl's answer-form rule (`format_ok`), every evaluated task;
+    - `MIF`: SMoLoRA's compliance rule (`smolora_if_ok`) over the trained tasks, and
+      `MIF_unseen` over the unseen ones, as its tables report them separately."""
+
+    def mean(values) -> float | None:
+        vals = [v for v in values if v is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    mif = (mif_scores or [{}])[-1]
+    return {
+        "if_score": mean(if_scores[-1].values()),
+        "format_compliance": mean(format_scores[-1].values()),
+        "MIF": mean(mif.get(t) for t in tasks),
+        "MIF_unseen": mean(mif.get(t) for t in unseen),
+    }

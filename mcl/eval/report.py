@@ -30,6 +30,8 @@ METRIC_ROWS = (
     ("Unseen", "unseen"),
     ("IF (held-out instr.)", "if_score"),
     ("Answer format ok %", "format_compliance"),
+    ("MIF (SMoLoRA rule)", "MIF"),
+    ("MIF unseen", "MIF_unseen"),
 )
 
 

@@ -21,6 +21,18 @@ scorer stays strict (`scorer_mode_applies`, `effective_scorer_mode` tell which r
   wrong but stays in the denominator (`mcitlib_contains_score`).
 - `coin_grounding` (`iou`): CoIN's box parser, which cuts the first and last character off the
   bracket-stripped answer, and its strict IoU > 0.5 (`coin_parse_box`, `coin_iou_score`).
+- `two_way_contains` (`exact`, `vqa`): SMoLoRA's ImageNet / Places365 rule, case-insensitive
+  substring match in either direction (`two_way_contains_score`).
+- `lower_exact` (`exact`, `vqa`): SMoLoRA's OCR-VQA rule, lower-case exact match; an answer
+  containing "Unanswerable" is wrong (`lower_exact_score`).
+- `best_ref_cider` (`cider`): SMoLoRA's caption "CIDEr" against each prediction's best single
+  reference (`mcl.eval.caption.cider_best_reference`).
+
+A benchmark can also set a mode per task (`bench.scorer_mode` as a {task: mode} map, or the
+name of one of its `scorer_presets`, e.g. cvit's `smolora`); `task_modes` resolves that.
+
+`smolora_if_ok` is SMoLoRA's instruction-following compliance rule (its MIF), which judges the
+answer's form, not its correctness.
 """
 
 from __future__ import annotations
@@ -429,6 +441,62 @@ class CoinGroundingIoU(GroundingIoU):
         return coin_parse_box(pred)
 
 
+def two_way_contains_score(pred: str, refs: str | Sequence[str]) -> float:
+    """SMoLoRA's ImageNet / Places365 rule: correct when the stripped, lower-cased prediction
+    contains a reference or is contained in one ("tabby" matches "tabby cat" and vice versa).
+    An empty prediction is wrong (it would be a substring of everything)."""
+    p = pred.strip().lower()
+    return float(
+        bool(p)
+        and any(
+            r.strip().lower() in p or p in r.strip().lower() for r in _as_refs(refs) if r.strip()
+        )
+    )
+
+
+def lower_exact_score(pred: str, refs: str | Sequence[str]) -> float:
+    """SMoLoRA's OCR-VQA rule: lower-case exact match of the stripped strings; a prediction
+    containing "Unanswerable" is wrong."""
+    if UNANSWERABLE in pred:
+        return 0.0
+    return float(any(pred.strip().lower() == r.strip().lower() for r in _as_refs(refs)))
+
+
+class TwoWayContains(_MeanScore):
+    """`two_way_contains` mode of `exact` and `vqa`: see `two_way_contains_score`."""
+
+    def score_one(self, pred: str, refs: str | Sequence[str]) -> float:
+        return two_way_contains_score(pred, refs)
+
+
+class LowerExact(_MeanScore):
+    """`lower_exact` mode of `exact` and `vqa`: see `lower_exact_score`."""
+
+    def score_one(self, pred: str, refs: str | Sequence[str]) -> float:
+        return lower_exact_score(pred, refs)
+
+
+_CAPTION_SCORERS = ("cider", "bleu4", "rougeL")
+
+
+def smolora_if_ok(scorer: str, pred: str, refs: str | Sequence[str]) -> bool:
+    """SMoLoRA's instruction-following compliance (Eval_IF `eval_*_instruction.py`;
+    smolora.md section 2.5), by the task's scorer kind:
+
+    - multiple choice: exactly one letter A-Z after strip / upper-case;
+    - captions: ends with "." and (more than 4 words, or is a substring of a reference);
+    - everything else (VQA-type): at most 2 words, or equals a reference (case-insensitive).
+    """
+    text = pred.strip()
+    if scorer == "mc":
+        return len(text) == 1 and "A" <= text.upper() <= "Z"
+    if scorer in _CAPTION_SCORERS:
+        return text.endswith(".") and (
+            len(text.split()) > 4 or any(text in r for r in _as_refs(refs))
+        )
+    return len(text.split()) <= 2 or any(text.lower() == r.strip().lower() for r in _as_refs(refs))
+
+
 # ---------------------------------------------------------------- registry
 SCORER_NAMES = ("vqa", "exact", "mc", "iou", "cider", "bleu4", "rougeL")
 SCORER_MODES = (
@@ -437,6 +505,9 @@ SCORER_MODES = (
     "mcitlib_caption_avg7",
     "mcitlib_contains",
     "coin_grounding",
+    "two_way_contains",
+    "lower_exact",
+    "best_ref_cider",
 )
 # mode -> the scorers it changes; every other scorer runs strict under that mode
 MODE_SCORERS: dict[str, tuple[str, ...]] = {
@@ -445,6 +516,9 @@ MODE_SCORERS: dict[str, tuple[str, ...]] = {
     "mcitlib_caption_avg7": ("cider",),
     "mcitlib_contains": ("vqa", "exact"),
     "coin_grounding": ("iou",),
+    "two_way_contains": ("exact", "vqa"),
+    "lower_exact": ("exact", "vqa"),
+    "best_ref_cider": ("cider",),
 }
 
 
@@ -466,6 +540,46 @@ def effective_scorer_mode(name: str, mode: str) -> str:
     return mode if scorer_mode_applies(name, mode) else "strict"
 
 
+def task_modes(
+    scorer_mode: str | Mapping[str, str],
+    task_scorers: Mapping[str, str],
+    presets: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, str]:
+    """The mode each task is scored under: {task: effective mode}.
+
+    `scorer_mode` is one mode for every task (it changes only the scorers it concerns), a
+    {task: mode} map (tasks left out stay strict), or the name of one of the benchmark's
+    `presets` (such a map). A mode named for a task whose scorer it does not concern is an
+    error, since it would silently do nothing."""
+    presets = dict(presets or {})
+    if isinstance(scorer_mode, str) and scorer_mode in presets:
+        scorer_mode = presets[scorer_mode]
+    if isinstance(scorer_mode, str):
+        if scorer_mode not in SCORER_MODES:
+            raise ValueError(
+                f"unknown scorer mode '{scorer_mode}'; choose one of: {', '.join(SCORER_MODES)}"
+                + (f", or a preset of this benchmark: {', '.join(presets)}" if presets else "")
+            )
+        return {t: effective_scorer_mode(s, scorer_mode) for t, s in task_scorers.items()}
+    unknown = sorted(set(scorer_mode) - set(task_scorers))
+    if unknown:
+        raise ValueError(
+            f"scorer_mode names tasks not in this benchmark: {', '.join(unknown)}; "
+            f"its tasks are {', '.join(task_scorers)}"
+        )
+    out = {}
+    for task, scorer in task_scorers.items():
+        mode = scorer_mode.get(task, "strict")
+        if not scorer_mode_applies(scorer, mode):
+            raise ValueError(
+                f"scorer mode '{mode}' does not apply to task {task} (scorer '{scorer}'); "
+                f"modes for '{scorer}': "
+                + ", ".join(m for m, names in MODE_SCORERS.items() if scorer in names)
+            )
+        out[task] = mode
+    return out
+
+
 def _scorer_class(name: str, mode: str) -> type[Metric]:
     from mcl.eval import caption  # imported here: caption builds on this module
 
@@ -476,6 +590,11 @@ def _scorer_class(name: str, mode: str) -> type[Metric]:
         ("exact", "mcitlib_contains"): MCITlibContains,
         ("iou", "coin_grounding"): CoinGroundingIoU,
         ("cider", "mcitlib_caption_avg7"): caption.CaptionAvg7,
+        ("cider", "best_ref_cider"): caption.CIDErBestRef,
+        ("exact", "two_way_contains"): TwoWayContains,
+        ("vqa", "two_way_contains"): TwoWayContains,
+        ("exact", "lower_exact"): LowerExact,
+        ("vqa", "lower_exact"): LowerExact,
     }
     strict: dict[str, type[Metric]] = {
         "vqa": VQAAccuracy,
@@ -511,3 +630,22 @@ def format_ok(scorer: str, answer_type: str | None, pred: str) -> bool:
     if answer_type == "number":
         return re.fullmatch(r"\d+", pred.strip()) is not None
     return 1 <= len(words) <= 3
+
+
+def score_records(records: Sequence[Mapping], scorer: str, mode: str = "strict") -> dict:
+    """One task's scores from its prediction records ({"pred", "answers", "heldout"}, as in a
+    run's predictions/rowN/TASK.jsonl): `score` on the main samples, `held` on the held-out
+    instruction templates (None when there are none), and `mif`, the % of all answers that
+    pass SMoLoRA's compliance rule (`smolora_if_ok`). The runner and `mcl.eval.rescore` both
+    score through here, so a re-scored run matches a fresh one."""
+    main, held = build_scorer(scorer, mode=mode), build_scorer(scorer, mode=mode)
+    n_if = 0
+    for r in records:
+        (held if r.get("heldout") else main).update([r["pred"]], [r["answers"]])
+        n_if += smolora_if_ok(scorer, r["pred"], r["answers"])
+    any_held = any(r.get("heldout") for r in records)
+    return {
+        "score": float(main.compute()),
+        "held": float(held.compute()) if any_held else None,
+        "mif": 100.0 * n_if / len(records) if records else None,
+    }

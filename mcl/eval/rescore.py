@@ -1,0 +1,133 @@
+"""Re-score finished runs under another scoring convention, without re-running them.
+
+    python -m mcl.eval.rescore RUN_DIR... --scorer-mode smolora
+    python -m mcl.report RUN_DIR... --scoring smolora
+
+Every run keeps its answers (predictions/rowN/TASK.jsonl), so any scorer mode, per-task map or
+benchmark preset (e.g. cvit's `smolora`: SMoLoRA's best-reference CIDEr, exact-match VQAv2, ...)
+can be applied afterwards. The matrix, unseen matrix, held-out IF and MIF are recomputed through
+the same `score_records` the runner uses; everything else is copied. The result goes to
+`results.NAME.json` next to the run's `results.json`, which is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from mcl.config import CONF_DIR
+from mcl.eval.metrics import continual_metrics, instruction_metrics
+from mcl.eval.scorers import score_records, task_modes
+from mcl.utils.io import atomic_write_json
+
+
+class RescoreError(ValueError):
+    pass
+
+
+def _presets(run: dict) -> dict:
+    """The benchmark's scorer presets: from the run's own config, else from conf/bench/."""
+    bench_cfg = (run.get("config") or {}).get("bench") or {}
+    if bench_cfg.get("scorer_presets"):
+        return bench_cfg["scorer_presets"]
+    path = CONF_DIR / "bench" / f"{run['bench']}.yaml"
+    if path.exists():
+        return OmegaConf.to_container(OmegaConf.load(path)).get("scorer_presets") or {}
+    return {}
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def rescore_run(run_dir: str | Path, scorer_mode: str | dict) -> dict:
+    """Re-score one finished run; writes and returns its results.NAME.json content."""
+    run_dir = Path(run_dir)
+    src = run_dir / "results.json"
+    if not src.exists():
+        raise RescoreError(f"{run_dir} has no results.json; pass a run directory")
+    run = json.loads(src.read_text(encoding="utf-8"))
+    tasks, unseen = run["tasks"], run.get("unseen_tasks") or []
+    scorers = {t: run["scorers"][t]["scorer"] for t in tasks + unseen}
+    try:
+        modes = task_modes(scorer_mode, scorers, _presets(run))
+    except ValueError as e:
+        raise RescoreError(f"--scorer-mode: {e}") from None
+    T = len(tasks)
+    matrix = [[None] * T for _ in range(T + 1)]
+    unseen_matrix = [[None] * len(unseen) for _ in range(T + 1)]
+    if_scores: list[dict] = [{} for _ in range(T + 1)]
+    mif_scores: list[dict] = [{} for _ in range(T + 1)]
+    n_files = 0
+    for row in range(T + 1):
+        for name in tasks + unseen:
+            path = run_dir / "predictions" / f"row{row}" / f"{name}.jsonl"
+            if not path.exists():
+                continue
+            n_files += 1
+            s = score_records(_records(path), scorers[name], modes[name])
+            if name in tasks:
+                matrix[row][tasks.index(name)] = s["score"]
+            else:
+                unseen_matrix[row][unseen.index(name)] = s["score"]
+            if s["held"] is not None:
+                if_scores[row][name] = s["held"]
+            mif_scores[row][name] = s["mif"]
+    if not n_files:
+        raise RescoreError(f"{run_dir} has no predictions/rowN/*.jsonl to re-score")
+    metrics = continual_metrics(matrix, unseen=unseen_matrix if unseen else None)
+    metrics |= instruction_metrics(
+        tasks, unseen, if_scores, run.get("format_scores") or [{}], mif_scores
+    )
+    name = scorer_mode if isinstance(scorer_mode, str) else "per-task"
+    out = run | {
+        "matrix": matrix,
+        "unseen_matrix": unseen_matrix,
+        "if_scores": if_scores,
+        "mif_scores": mif_scores,
+        "metrics": metrics,
+        "scorer_mode": name,
+        "scorers": {t: {"scorer": scorers[t], "mode": modes[t]} for t in tasks + unseen},
+        "rescored_from": "results.json",
+    }
+    atomic_write_json(run_dir / f"results.{name}.json", out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mcl.eval.rescore",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="+", metavar="RUN_DIR", help="runs or sweep directories")
+    parser.add_argument(
+        "--scorer-mode",
+        required=True,
+        help="a scorer mode (e.g. coin_vqa_exact) or a benchmark preset (e.g. smolora)",
+    )
+    args = parser.parse_args(argv)
+    runs = sorted({p.parent for d in args.paths for p in Path(d).rglob("results.json")})
+    if not runs:
+        print(f"error: no results.json under {', '.join(args.paths)}", file=sys.stderr)
+        return 2
+    for run_dir in runs:
+        try:
+            m = rescore_run(run_dir, args.scorer_mode)["metrics"]
+        except RescoreError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        print(
+            f"{run_dir}: Last {fmt(m['last'])}  BWT {fmt(m['bwt'])}  "
+            f"Unseen {fmt(m['unseen'])}  MIF {fmt(m['MIF'])}  -> results.{args.scorer_mode}.json"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
