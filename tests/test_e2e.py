@@ -212,9 +212,10 @@ def test_every_baseline_runs_end_to_end(tmp_path, method):
             assert changed  # the second task trained the same tensors
 
 
-@pytest.mark.parametrize("method", ["olora", "ewc"])
+@pytest.mark.parametrize("method", ["olora", "ewc", "dmole"])
 def test_methods_with_task_state_resume_to_the_same_matrix(tmp_path, method):
-    """O-LoRA grows an adapter per task and EWC keeps importance: both must survive a crash."""
+    """O-LoRA grows an adapter per task, EWC keeps importance, D-MoLE grows experts where its
+    allocator chose and an autoencoder per task: all must survive a crash."""
     over = [*MICRO, f"method={method}", "++method.lr=1e-2"]
     cfg = compose_cfg(tmp_path / "a", over)
     full = run(cfg, Path(cfg.paths.output_dir))

@@ -1,0 +1,529 @@
+"""dmole: Dynamic Mixture of Curriculum LoRA Experts (Ge et al. 2025; shared/specs/dmole.md),
+as the official code does it, with the choices the release leaves open as options.
+
+Candidates are the attention linears of the vision tower and the LM (``vision_targets``,
+``lm_targets``). At ``on_task_start(t)``, on the adapter-free model (every expert off):
+
+1. **Zero-cost scores**: the LM loss is back-propagated, without an optimizer step, over
+   ``round(zc_portion * #batches) + 1`` of task t's training batches (the code's loop runs one
+   batch past the portion); a candidate's score is the summed L2 norms of the gradients of its
+   *pretrained* weight and bias.
+2. **Allocation** (:func:`allocate`): ``round(budget_portion * #units)`` units per task (a unit
+   is a module, or with ``granularity=block`` one layer's attention); the vision tower gets
+   ``max(floor(vit_min_share * total), round(total * its share of the gradient mass))`` of them
+   -- this split *is* the code's inter-modal curriculum -- and each modality takes its
+   top-scored units (``allocator=zc``) or a fixed, evenly spaced set (``allocator=fixed``, the
+   "no allocator" ablation). ``budget_params`` instead caps the new expert parameters.
+   Each chosen module gets one new LoRA expert for task t (r, alpha = 2r); older experts freeze.
+3. **Autoencoder**: the frozen sequence representation -- the tower's last hidden state
+   max-pooled over tokens, concatenated with the LM body's hidden states over the instruction
+   alone, max-pooled over positions (padding included, as in the code), L2-normalised -- of
+   ``rep_samples`` training samples fits task t's AE; its threshold is the ``tau_quantile`` of
+   its own reconstruction errors (no released rule; spec section 1.4).
+
+Routing (:meth:`DMoLE.route`): a sample votes for the task whose AE reconstructs it best among
+those whose threshold it passes (none passed: no vote). With ``route_granularity=batch`` (the
+code) the batch takes the most-voted task plus the second if it has >= ``second_task_share`` of
+the valid votes; with ``sample`` (default) each sample uses its own vote. In training (AEs < t)
+task t is always on and the most-voted earlier task joins it under the same rule. Nothing voted
+at test time means no expert: the pretrained model answers. The selected tasks' experts are
+summed in every layer holding one.
+
+``curriculum``: ``split`` (the code: the budget split above), ``none`` (the "no curriculum"
+ablation: an even split), or ``rescale`` (the paper's wording: an even split, and each step's
+update of a modality's new experts scaled by twice its gradient share, by
+:class:`UpdateRatioCallback` -- a rescaled *update*, since Adam undoes a rescaled gradient).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import re
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mcl.adapters.dmole import DMoLELinear, TaskAutoencoder
+from mcl.methods.base import ContinualMethod
+from mcl.models.mllm import model_inputs
+
+MODALITIES = ("vision", "lm")
+
+
+def _natural(name: str) -> tuple:
+    """Sort key that orders layer numbers numerically (layers.2 before layers.10)."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def allocate(
+    scores: dict[str, float],
+    modality: dict[str, str],
+    budget_portion: float = 0.5,
+    vit_min_share: float = 0.25,
+    curriculum: str = "split",
+    allocator: str = "zc",
+    budget_params: int | None = None,
+    cost: dict[str, int] | None = None,
+    seed: int = 42,
+) -> dict:
+    """Choose the units (modules or blocks) that get a new expert for one task.
+
+    ``scores``/``modality``/``cost`` are per unit. By count (default): ``total =
+    round(budget_portion * #units)``, split between ``vision`` and ``lm`` as described in the
+    module docstring (capped by what each modality has; a modality's shortfall goes to the
+    other). By parameters (``budget_params``): each modality may spend its share of the budget,
+    taking units in order while they fit, so the total never exceeds it. Ties in score are
+    broken by a seeded shuffle (the code: pandas ``sample(random_state=42)``)."""
+    if curriculum not in ("split", "none", "rescale"):
+        raise ValueError(f"curriculum must be split, none or rescale, not {curriculum!r}")
+    if allocator not in ("zc", "fixed"):
+        raise ValueError(f"allocator must be zc or fixed, not {allocator!r}")
+    units = {m: sorted((u for u in scores if modality[u] == m), key=_natural) for m in MODALITIES}
+    mass = {m: sum(scores[u] for u in units[m]) for m in MODALITIES}
+    share_v = mass["vision"] / (mass["vision"] + mass["lm"]) if sum(mass.values()) > 0 else 0.5
+    if not units["vision"]:
+        share_v = 0.0
+    frac_v = share_v if curriculum == "split" else 0.5
+
+    def order(m: str, n: int) -> list[str]:
+        if allocator == "fixed":  # evenly spaced over depth, the same for every task
+            us = units[m]
+            return [us[math.floor((i + 0.5) * len(us) / n)] for i in range(n)] if n else []
+        shuffled = list(units[m])
+        random.Random(seed).shuffle(shuffled)
+        return sorted(shuffled, key=lambda u: -scores[u])  # stable: ties keep the shuffle
+
+    if budget_params is None:
+        total = round(budget_portion * len(scores))
+        n_v = total // 2 if curriculum != "split" else round(total * share_v)
+        if curriculum == "split":
+            n_v = max(math.floor(vit_min_share * total), n_v)
+        n_v = min(n_v, len(units["vision"]))
+        n_l = min(total - n_v, len(units["lm"]))
+        n_v = min(len(units["vision"]), total - n_l)  # give a shortfall back to vision
+        chosen = {"vision": order("vision", n_v)[:n_v], "lm": order("lm", n_l)[:n_l]}
+    else:
+        if cost is None:
+            raise ValueError("budget_params needs the per-unit parameter cost")
+        frac = max(vit_min_share, frac_v) if curriculum == "split" else frac_v
+        allowance = {"vision": budget_params * frac, "lm": budget_params * (1 - frac)}
+        if not units["vision"]:
+            allowance = {"vision": 0, "lm": budget_params}
+        chosen = {}
+        for m in MODALITIES:
+            spent, picked = 0, []
+            for u in order(m, len(units[m])):
+                if spent + cost[u] <= allowance[m]:
+                    picked.append(u)
+                    spent += cost[u]
+            chosen[m] = picked
+    picked = chosen["vision"] + chosen["lm"]
+    return {
+        "units": sorted(picked, key=_natural),
+        "n_vision": len(chosen["vision"]),
+        "n_lm": len(chosen["lm"]),
+        "vision_share": share_v,
+        "cost": sum((cost or {}).get(u, 0) for u in picked),
+    }
+
+
+class UpdateRatioCallback(L.Callback):
+    """The paper's reading of the inter-modal curriculum: after each optimizer step, the update
+    of every parameter in ``weights`` ({param id: w}) is scaled by w (p = p_old + w * dp)."""
+
+    def __init__(self, method: DMoLE):
+        self.method = method
+        self._before: list[tuple[nn.Parameter, torch.Tensor, float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._before = [(p, p.detach().clone(), w) for p, w in self.method.update_weights()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        with torch.no_grad():
+            for p, old, w in self._before:
+                p.copy_(old + w * (p - old))
+        self._before = []
+
+
+class DMoLE(ContinualMethod):
+    def __init__(
+        self,
+        name: str = "dmole",
+        r: int = 8,
+        alpha: float | None = None,
+        dropout: float = 0.05,
+        vision_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj"),
+        lm_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+        granularity: str = "module",
+        budget_portion: float = 0.5,
+        budget_params: int | None = None,
+        vit_min_share: float = 0.25,
+        allocator: str = "zc",
+        curriculum: str = "split",
+        zc_portion: float = 0.01,
+        rep_samples: int = 500,
+        ae_hidden: int = 128,
+        ae_output: str = "sigmoid",
+        ae_epochs: int = 1000,
+        ae_lr: float = 5e-3,
+        ae_min_lr: float = 1e-3,
+        ae_batch_size: int = 64,
+        ae_patience: int = 10,
+        tau_quantile: float = 0.95,
+        second_task_share: float = 0.3,
+        route_granularity: str = "sample",
+        text_pool: str = "all",
+        sample_seed: int = 0,
+        **kw,
+    ):
+        super().__init__(name=name, **kw)
+        for key, value, allowed in (
+            ("granularity", granularity, ("module", "block")),
+            ("route_granularity", route_granularity, ("sample", "batch")),
+            ("allocator", allocator, ("zc", "fixed")),
+            ("curriculum", curriculum, ("split", "none", "rescale")),
+            ("text_pool", text_pool, ("all", "tokens")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
+        if not 0 < budget_portion <= 1:
+            raise ValueError(f"budget_portion={budget_portion} must be in (0, 1]")
+        if not 0 <= vit_min_share <= 1:
+            raise ValueError(f"vit_min_share={vit_min_share} must be in [0, 1]")
+        self.r, self.alpha, self.dropout = r, alpha if alpha is not None else 2 * r, dropout
+        self.targets = {"vision": list(vision_targets), "lm": list(lm_targets)}
+        self.granularity, self.budget_portion, self.budget_params = (
+            granularity,
+            budget_portion,
+            budget_params,
+        )
+        self.vit_min_share, self.allocator, self.curriculum = vit_min_share, allocator, curriculum
+        self.zc_portion, self.rep_samples = zc_portion, rep_samples
+        self.ae_cfg = dict(
+            epochs=ae_epochs,
+            lr=ae_lr,
+            min_lr=ae_min_lr,
+            batch_size=ae_batch_size,
+            patience=ae_patience,
+            quantile=tau_quantile,
+        )
+        self.ae_hidden, self.ae_output = ae_hidden, ae_output
+        self.second_task_share = second_task_share
+        self.route_granularity, self.sample_seed = route_granularity, sample_seed
+        self.text_pool = text_pool
+        self.n_trained = 0
+        self.allocations: dict[int, dict] = {}
+        self._routes: list[torch.Tensor] = []
+        self._share_v = 0.5
+
+    # ------------------------------------------------------------------ structure
+    def setup_model(self, mllm) -> None:
+        super().setup_model(mllm)
+        model = mllm.model
+        roots = {m: mllm.part_modules(m)[0] for m in MODALITIES}
+        prefixes = {m: next(n for n, x in model.named_modules() if x is roots[m]) for m in roots}
+        self.modality: dict[str, str] = {}
+        for name, mod in list(model.named_modules()):
+            for m in MODALITIES:
+                leaf = name.rpartition(".")[2]
+                if (
+                    isinstance(mod, nn.Linear)
+                    and name.startswith(prefixes[m] + ".")
+                    and leaf in self.targets[m]
+                ):
+                    self.modality[name] = m
+        if not self.modality:
+            raise ValueError("dmole: no candidate module matches vision_targets / lm_targets")
+        for name in self.modality:
+            parent, _, child = name.rpartition(".")
+            holder = model.get_submodule(parent)
+            base = getattr(holder, child)
+            setattr(holder, child, DMoLELinear(base, self.r, self.alpha, self.dropout))
+        self.keep_wrapped_base()
+        self.aes = nn.ModuleDict()
+        cfg = model.config
+        self.rep_dim = cfg.vision_config.hidden_size + cfg.text_config.hidden_size
+
+    # reached through the model: a second registration would save every expert twice
+    @property
+    def vision(self) -> nn.Module:
+        return self.mllm.part_modules("vision")[0]
+
+    @property
+    def lm_body(self) -> nn.Module:
+        return self.mllm.part_modules("lm")[0]
+
+    def layers(self) -> dict[str, DMoLELinear]:
+        return {n: self.mllm.model.get_submodule(n) for n in self.modality}
+
+    def unit_of(self, name: str) -> str:
+        """The allocation unit of a candidate module (itself, or its attention block)."""
+        return name if self.granularity == "module" else name.rpartition(".")[0]
+
+    def set_masks(self, mask: torch.Tensor | None) -> None:
+        for layer in self.layers().values():
+            layer.mask = mask
+
+    # ------------------------------------------------------------------ zero-cost proxy
+    def _batches(self, samples: list[dict], size: int):
+        dev = next(self.mllm.model.parameters()).device
+        for i in range(0, len(samples), size):
+            batch = self.mllm.collator.train_batch(samples[i : i + size])
+            if "input_ids" in batch:
+                yield {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def zc_scores(self, task: int, dm) -> dict[str, float]:
+        """Per candidate module: sum over its pretrained weight (and bias) of ||dL/dW||_2,
+        gradients accumulated over the task's first batches, experts off, no step taken."""
+        n_train = dm.bench.tasks[task]["train"]["samples"]
+        size = dm.batch_size
+        n_batches = round(math.ceil(n_train / size) * self.zc_portion) + 1
+        samples = dm.sample_task(task, n_batches * size, self.sample_seed)
+        layers = self.layers()
+        params = {
+            n: [p for p in (x.base.weight, x.base.bias) if p is not None] for n, x in layers.items()
+        }
+        self.set_masks(None)
+        for ps in params.values():
+            for p in ps:
+                p.requires_grad_(True)
+                p.grad = None
+        try:
+            with torch.enable_grad():
+                for batch in self._batches(samples, size):
+                    self.mllm(**model_inputs(batch)).loss.backward()
+            return {
+                n: float(sum(p.grad.norm() for p in ps if p.grad is not None))
+                for n, ps in params.items()
+            }
+        finally:
+            for ps in params.values():
+                for p in ps:
+                    p.requires_grad_(False)
+                    p.grad = None
+
+    # ------------------------------------------------------------------ sequence representation
+    @torch.no_grad()
+    def representation(self, pixel_values: torch.Tensor, questions: list[str]) -> torch.Tensor:
+        """[vision max-pool || LM-body max-pool over the instruction], L2-normalised; always from
+        the adapter-free model (masks off), so the routing space never drifts."""
+        saved = [layer.mask for layer in self.layers().values()]
+        self.set_masks(None)
+        try:
+            p = next(self.vision.parameters())
+            img = self.vision(pixel_values=pixel_values.to(p.device, p.dtype)).last_hidden_state
+            tok = self.mllm.tokenizer(list(questions), add_special_tokens=False)["input_ids"]
+            width = max(1, max(len(t) for t in tok))
+            ids = torch.zeros(len(tok), width, dtype=torch.long, device=p.device)  # pad id 0
+            att = torch.zeros_like(ids)
+            for i, t in enumerate(tok):
+                ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+                att[i, : len(t)] = 1
+            txt = self.lm_body(input_ids=ids, attention_mask=att).last_hidden_state.float()
+            if self.text_pool == "tokens":  # padding excluded (the code includes it)
+                txt = txt.masked_fill(~att.bool()[..., None], float("-inf"))
+            z = torch.cat([img.max(1).values.float(), txt.max(1).values], dim=-1)
+            return F.normalize(z, dim=-1)
+        finally:
+            for layer, m in zip(self.layers().values(), saved):
+                layer.mask = m
+
+    def sample_representations(self, samples: list[dict], size: int = 64) -> torch.Tensor:
+        out = []
+        for i in range(0, len(samples), size):
+            chunk = samples[i : i + size]
+            pix = self.mllm.collator._images([s["image"] for s in chunk])
+            out.append(self.representation(pix, [s["question"] for s in chunk]))
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ routing
+    def votes(self, z: torch.Tensor, tasks: list[int]) -> torch.Tensor:
+        """Per sample: the task whose AE reconstructs it best among those whose threshold it
+        passes, or -1 (no vote)."""
+        if not tasks:
+            return torch.full((len(z),), -1, dtype=torch.long)
+        errors = torch.stack(
+            [self.aes[f"t{t}"].error(z.to(self.aes[f"t{t}"].tau.device)) for t in tasks], 1
+        )
+        taus = torch.stack([self.aes[f"t{t}"].tau for t in tasks]).to(errors.device)
+        errors = errors.masked_fill(errors >= taus, float("inf"))
+        best = errors.argmin(1)
+        ids = torch.tensor(tasks, device=errors.device)[best]
+        return torch.where(torch.isfinite(errors.min(1).values), ids, -1).cpu()
+
+    def _batch_choice(self, votes: torch.Tensor, training: bool) -> list[int]:
+        """The code's batch vote: at test the most-voted task, plus the second if it has at least
+        ``second_task_share`` of the valid votes; in training only the most-voted earlier task,
+        and only if it has that share."""
+        valid = votes[votes >= 0]
+        if not len(valid):
+            return []
+        counts = torch.bincount(valid)
+        order = counts.argsort(descending=True, stable=True)[: 1 if training else 2].tolist()
+        share = {t: float(counts[t]) / len(valid) for t in order if counts[t] > 0}
+        return [
+            t
+            for rank, t in enumerate(order)
+            if t in share and ((rank == 0 and not training) or share[t] >= self.second_task_share)
+        ]
+
+    def route(self, z: torch.Tensor, training_task: int | None = None) -> torch.Tensor:
+        """(B, n_tasks) 0/1 expert mask. In training (``training_task`` = t) AEs < t vote and t
+        is always on; at test the AEs of every trained task vote."""
+        training = training_task is not None
+        width = max(self.n_trained, (training_task or 0) + 1, 1)
+        votes = self.votes(z, list(range(training_task if training else self.n_trained)))
+        mask = torch.zeros(len(z), width)
+        if self.route_granularity == "batch":
+            mask[:, self._batch_choice(votes, training)] = 1.0
+        else:
+            rows = torch.nonzero(votes >= 0).flatten()
+            mask[rows, votes[rows]] = 1.0
+        if training:
+            mask[:, training_task] = 1.0
+        self._last_votes = votes
+        return mask
+
+    # ------------------------------------------------------------------ task boundaries
+    def on_task_start(self, task: int, dm) -> None:
+        super().on_task_start(task, dm)
+        layers = self.layers()
+        if dm is not None and all(f"t{task}" not in lay.experts for lay in layers.values()):
+            scores = self.zc_scores(task, dm)
+            unit_scores: dict[str, float] = {}
+            unit_mod: dict[str, str] = {}
+            unit_cost: dict[str, int] = {}
+            for n, s in scores.items():
+                u = self.unit_of(n)
+                unit_scores[u] = unit_scores.get(u, 0.0) + s
+                unit_mod[u] = self.modality[n]
+                lin = layers[n].base
+                unit_cost[u] = unit_cost.get(u, 0) + self.r * (lin.in_features + lin.out_features)
+            alloc = allocate(
+                unit_scores,
+                unit_mod,
+                self.budget_portion,
+                self.vit_min_share,
+                self.curriculum,
+                self.allocator,
+                self.budget_params,
+                unit_cost,
+            )
+            modules = [n for n in self.modality if self.unit_of(n) in set(alloc["units"])]
+            for n in modules:
+                layers[n].add_expert(task)
+            self._share_v = alloc["vision_share"]
+            samples = dm.sample_task(task, self.rep_samples, self.sample_seed)
+            ae = TaskAutoencoder(self.rep_dim, self.ae_hidden, self.ae_output)
+            z = self.sample_representations(samples)
+            ae.to(z.device)
+            fit = ae.fit(z, seed=self.sample_seed * 1000 + task, **self.ae_cfg)
+            self.aes[f"t{task}"] = ae.to(next(self.mllm.model.parameters()).device)
+            self.allocations[task] = {
+                **alloc,
+                "modules": modules,
+                "scores": {n: round(s, 6) for n, s in scores.items()},
+                "new_params": self.expert_params(task),
+                **fit,
+            }
+        self.set_masks(None)
+        self.set_trainable()
+
+    def on_task_end(self, task: int, dm) -> None:
+        self.n_trained = max(self.n_trained, task + 1)
+
+    def on_resume(self, finished_task: int) -> None:
+        self.n_trained = finished_task + 1
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Recreate the experts and AEs a checkpoint holds (the allocation lives in its keys),
+        then load it strictly by name."""
+        layers = self.layers()
+        for key in state:
+            m = re.match(r"mllm\.model\.(.+)\.experts\.t(\d+)\.", key)
+            if m and f"t{m[2]}" not in layers[m[1]].experts:
+                layers[m[1]].add_expert(int(m[2]))
+            m = re.match(r"aes\.t(\d+)\.", key)
+            if m and f"t{m[1]}" not in self.aes:
+                dev = next(self.mllm.model.parameters()).device
+                self.aes[f"t{m[1]}"] = TaskAutoencoder(
+                    self.rep_dim, self.ae_hidden, self.ae_output
+                ).to(dev)
+        super().load_adapter_state(state)
+
+    def expert_params(self, task: int) -> int:
+        return sum(p.numel() for lay in self.layers().values() for p in lay.expert_params(task))
+
+    def expected_trainable(self) -> set[str]:
+        own: set[str] = set()
+        if self.current_task is not None:
+            t = self.current_task
+            ids = {id(p) for lay in self.layers().values() for p in lay.expert_params(t)}
+            own = {n for n, p in self.named_parameters() if id(p) in ids}
+        return super().expected_trainable() | own
+
+    # ------------------------------------------------------------------ training / test
+    def training_step(self, batch: dict, batch_idx: int):
+        if "input_ids" in batch:
+            z = self.representation(batch["pixel_values"], batch["questions"])
+            self.set_masks(self.route(z, training_task=self.current_task))
+        try:
+            return super().training_step(batch, batch_idx)
+        finally:
+            self.set_masks(None)
+
+    @contextlib.contextmanager
+    def eval_context(self, batch: dict):
+        z = self.representation(batch["pixel_values"], batch["questions"])
+        mask = self.route(z)
+        votes = self._last_votes
+        if self.route_granularity == "batch":  # the batch's primary task, for every sample
+            chosen = self._batch_choice(votes, training=False)
+            votes = torch.full_like(votes, chosen[0] if chosen else -1)
+        self._routes.append(votes)
+        self.set_masks(mask)
+        try:
+            yield
+        finally:
+            self.set_masks(None)
+
+    def update_weights(self) -> list[tuple[nn.Parameter, float]]:
+        """(parameter, update scale) for the current task's experts under ``curriculum=rescale``:
+        twice the modality's gradient share (so the two scales average 1)."""
+        if self.current_task is None:
+            return []
+        scale = {"vision": 2 * self._share_v, "lm": 2 * (1 - self._share_v)}
+        return [
+            (p, scale[self.modality[n]])
+            for n, lay in self.layers().items()
+            for p in lay.expert_params(self.current_task)
+        ]
+
+    def callbacks(self) -> list[L.Callback]:
+        return [UpdateRatioCallback(self)] if self.curriculum == "rescale" else []
+
+    def eval_metrics(self, task: int | None) -> dict[str, float]:
+        routes = torch.cat(self._routes) if self._routes else torch.zeros(0, dtype=torch.long)
+        self._routes = []
+        if not len(routes) or self.n_trained == 0:
+            return {}
+        out = {"no_expert_pct": 100.0 * float((routes < 0).float().mean())}
+        if task is not None:
+            out["task_id_acc"] = 100.0 * float((routes == task).float().mean())
+        return out
+
+    def task_info(self, task: int) -> dict:
+        a = self.allocations.get(task, {})
+        stored = sum(self.expert_params(t) for t in range(task + 1))
+        info = {k: a[k] for k in ("n_vision", "n_lm", "vision_share", "ae_epochs", "tau") if k in a}
+        info |= {
+            "new_params": a.get("new_params"),
+            "stored_params": stored,
+            "budget_params": self.budget_params,
+            "modules": a.get("modules"),
+        }
+        return info

@@ -1,0 +1,246 @@
+"""D-MoLE's mechanisms: the allocator's budget and floor, zero-cost scores from the pretrained
+weights, autoencoder routing, frozen experts, and the run end to end (shared/specs/dmole.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from mcl.adapters.dmole import DMoLELinear, TaskAutoencoder
+from mcl.methods.dmole import UpdateRatioCallback, allocate
+from mcl.train import build, run
+from tests.conftest import MICRO, compose_cfg
+
+
+# ---------------------------------------------------------------- allocator
+def _units(n_v: int, n_l: int, rng: random.Random):
+    scores, modality, cost = {}, {}, {}
+    for m, n in (("vision", n_v), ("lm", n_l)):
+        for i in range(n):
+            u = f"{m}.layers.{i}.q"
+            scores[u] = rng.random() ** 3 * (0.05 if m == "vision" else 1.0)
+            modality[u] = m
+            cost[u] = rng.choice([8 * 64, 8 * 96, 8 * 128])
+    return scores, modality, cost
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_allocator_never_exceeds_the_budget_and_respects_the_floor(seed):
+    rng = random.Random(seed)
+    scores, modality, cost = _units(rng.randint(1, 12), rng.randint(1, 24), rng)
+    portion, floor = rng.choice([0.25, 0.5, 0.75, 1.0]), rng.choice([0.0, 0.25, 0.5])
+    a = allocate(scores, modality, portion, floor)
+    total = round(portion * len(scores))
+    n_vis = sum(m == "vision" for m in modality.values())
+    assert len(a["units"]) == a["n_vision"] + a["n_lm"] == total  # exactly the budget
+    assert a["n_vision"] >= min(n_vis, math.floor(floor * total))  # the ViT floor
+    assert a["n_vision"] >= min(n_vis, round(total * a["vision_share"]))
+    # within a modality, the chosen units are its top-scored ones
+    for m in ("vision", "lm"):
+        chosen = [u for u in a["units"] if modality[u] == m]
+        rest = [u for u in scores if modality[u] == m and u not in chosen]
+        if chosen and rest:
+            assert min(scores[u] for u in chosen) >= max(scores[u] for u in rest)
+    # a parameter budget is never exceeded either
+    cap = rng.randint(1, sum(cost.values()))
+    b = allocate(scores, modality, portion, floor, budget_params=cap, cost=cost)
+    assert b["cost"] == sum(cost[u] for u in b["units"]) <= cap
+
+
+def test_vision_share_follows_gradient_mass_above_the_floor():
+    modality = {f"v{i}": "vision" for i in range(8)} | {f"l{i}": "lm" for i in range(16)}
+    weak = {u: (0.01 if m == "vision" else 1.0) for u, m in modality.items()}
+    a = allocate(weak, modality, 0.5, 0.25)
+    assert (a["n_vision"], a["n_lm"]) == (3, 9)  # floor(0.25 * 12) = 3 despite ~0 mass
+    strong = {u: (3.0 if m == "vision" else 1.0) for u, m in modality.items()}
+    a = allocate(strong, modality, 0.5, 0.25)
+    assert a["vision_share"] == pytest.approx(24 / 40)
+    assert (a["n_vision"], a["n_lm"]) == (7, 5)  # round(12 * 0.6)
+    even = allocate(strong, modality, 0.5, 0.25, curriculum="none")
+    assert (even["n_vision"], even["n_lm"]) == (6, 6)  # the "no curriculum" ablation
+    # the "no allocator" ablation picks the same evenly spaced units whatever the scores
+    f1 = allocate(weak, modality, 0.5, 0.25, allocator="fixed")
+    f2 = allocate(strong, modality, 0.5, 0.25, curriculum="split", allocator="fixed")
+    assert set(f1["units"]) & {f"v{i}" for i in range(8)} <= set(f2["units"])
+    ties = {u: 1.0 for u in modality}  # ties: a seeded shuffle, the same every time
+    assert allocate(ties, modality)["units"] == allocate(ties, modality)["units"]
+    with pytest.raises(ValueError, match="curriculum must be"):
+        allocate(ties, modality, curriculum="soft")
+
+
+# ---------------------------------------------------------------- the layer
+def test_dmole_linear_sums_selected_experts_without_gates():
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5)
+    layer = DMoLELinear(base, r=2, alpha=4, dropout=0.0)
+    x = torch.randn(3, 4, 6)
+    layer.add_expert(0)
+    layer.add_expert(2)
+    layer.mask = torch.ones(3, 3)
+    assert torch.equal(layer(x), base(x))  # B = 0: a new expert changes nothing
+    for e in layer.experts.values():
+        nn.init.normal_(e[1].weight)
+    layer.mask = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [1.0, 1.0, 1.0]])
+    y = layer(x)
+    e0 = layer.experts["t0"](x) * 2.0
+    e2 = layer.experts["t2"](x) * 2.0
+    assert torch.allclose(y[0], base(x[0]) + e0[0], atol=1e-6)
+    assert torch.allclose(y[1], base(x[1]) + e2[1], atol=1e-6)
+    assert torch.allclose(y[2], base(x[2]) + e0[2] + e2[2], atol=1e-6)  # task 1 has none here
+    layer.mask = None
+    assert torch.equal(layer(x), base(x))
+    with pytest.raises(ValueError, match="exists already"):
+        layer.add_expert(2)
+
+
+def test_autoencoder_threshold_is_the_quantile_of_its_own_errors():
+    torch.manual_seed(0)
+    z = nn.functional.normalize(torch.randn(300, 16) + 2, dim=-1)
+    ae = TaskAutoencoder(16, 8)
+    info = ae.fit(z, epochs=50, batch_size=64, quantile=0.9)
+    errors = ae.error(z).detach()
+    assert float((errors < ae.tau).float().mean()) == pytest.approx(0.9, abs=0.01)
+    assert info["tau"] == float(ae.tau) and 1 <= info["ae_epochs"] <= 50
+
+
+# ---------------------------------------------------------------- on the micro model
+DMOLE = [*MICRO, "method=dmole", "method.rep_samples=96", "method.ae_epochs=200"]
+
+
+@pytest.fixture(scope="module")
+def two_task_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dmole")
+    cfg = compose_cfg(tmp, [*DMOLE, "++method.lr=1e-2"])
+    results = run(cfg, Path(cfg.paths.output_dir))
+    return tmp / "run", results
+
+
+def test_runs_end_to_end_and_accounts_parameters(two_task_run):
+    out, res = two_task_run
+    assert res["complete"] and res["method"] == "dmole"
+    info = res["method_info"]
+    assert len(info) == 2
+    for t, i in enumerate(info):
+        n_cand = 12  # micro: 1 vision layer x 4 + 2 LM layers x 4 attention linears
+        assert i["n_vision"] + i["n_lm"] == round(0.5 * n_cand)
+        assert i["n_vision"] >= math.floor(0.25 * 6)
+        assert res["params"][t]["trainable"] == i["new_params"] > 0
+    assert info[1]["stored_params"] == info[0]["new_params"] + info[1]["new_params"]
+    ev = res["method_eval"][2]["color"]
+    assert 0 <= ev["task_id_acc"] <= 100 and 0 <= ev["no_expert_pct"] <= 100
+
+
+def test_frozen_experts_are_bit_identical_after_a_later_task(two_task_run):
+    out, _ = two_task_run
+    a = load_file(str(out / "checkpoints" / "task00" / "adapters.safetensors"))
+    b = load_file(str(out / "checkpoints" / "task01" / "adapters.safetensors"))
+    old = [k for k in a if ".experts.t0." in k or k.startswith("aes.t0.")]
+    assert old and all(torch.equal(a[k], b[k]) for k in old)
+    trained = [k for k in b if ".experts.t1." in k and k.endswith("1.weight")]
+    assert trained and any(b[k].abs().sum() > 0 for k in trained)  # task 1's B moved off zero
+
+
+def test_zero_cost_scores_come_from_the_pretrained_weights(tmp_path):
+    cfg = compose_cfg(tmp_path, [*DMOLE, "method.rep_samples=32", "method.ae_epochs=5"])
+    runner = build(cfg, tmp_path / "run")
+    m, dm = runner.method, runner.dm
+    dm.set_task(1)
+    before = m.zc_scores(1, dm)
+    base = {n: lay.base.weight.detach().clone() for n, lay in m.layers().items()}
+    dm.set_task(0)
+    m.on_task_start(0, dm)
+    for lay in m.layers().values():  # as if task 0 had trained: experts far from zero
+        for p in lay.expert_params(0):
+            nn.init.normal_(p)
+    m.set_masks(torch.ones(8, 2))
+    m.on_task_end(0, dm)
+    after = m.zc_scores(1, dm)
+    assert after == before  # experts are off while scoring: the same pretrained model
+    assert all(torch.equal(lay.base.weight, base[n]) for n, lay in m.layers().items())
+    assert not any(lay.base.weight.requires_grad for lay in m.layers().values())
+    assert all(lay.base.weight.grad is None for lay in m.layers().values())
+    assert set(before) == set(m.modality) and all(s > 0 for s in before.values())
+
+
+def test_routing_rules_and_the_curriculum_rescale(tmp_path):
+    cfg = compose_cfg(tmp_path, [*DMOLE, "method.curriculum=rescale"])
+    runner = build(cfg, tmp_path / "run")
+    m = runner.method
+    m.n_trained = 3
+    for t, tau in enumerate((1.0, 1.0, 1e-9)):
+        m.aes[f"t{t}"] = TaskAutoencoder(4, 2)
+        m.aes[f"t{t}"].tau.fill_(tau)
+    m.votes = lambda z, tasks: torch.tensor([0, 0, 1, -1, 0, 1, -1, 1])[: len(z)]
+    z = torch.zeros(8, 4)
+    m.route_granularity = "batch"
+    mask = m.route(z)  # votes: 3 x task 0, 3 x task 1 (50% each) -> both, for every sample
+    assert mask.shape == (8, 3) and mask[:, :2].eq(1).all() and mask[:, 2].eq(0).all()
+    train = m.route(z, training_task=2)  # t always on, plus the most-voted earlier task
+    assert train[:, 2].eq(1).all() and train[:, :2].sum(1).eq(1).all()
+    m.route_granularity = "sample"
+    mask = m.route(z)
+    assert mask[3].sum() == 0 and mask[0, 0] == 1 and mask[2, 1] == 1  # no vote: no expert
+    m.votes = lambda z, tasks: torch.full((len(z),), -1)
+    assert m.route(z).sum() == 0  # nothing passed a threshold: the pretrained model
+    # the paper's reading: each modality's update scaled by twice its gradient share
+    m._share_v, m.current_task = 0.2, 0
+    lay = next(iter(m.layers().values()))
+    lay.add_expert(0)
+    p = lay.expert_params(0)[0]
+    cb = UpdateRatioCallback(m)
+    (cb_scale,) = {w for q, w in m.update_weights() if q is p}
+    cb.on_train_batch_start(None, None, None, 0)
+    old = p.detach().clone()
+    with torch.no_grad():
+        p.add_(1.0)
+    cb.on_train_batch_end(None, None, None, None, 0)
+    assert torch.allclose(p - old, torch.full_like(p, cb_scale))
+    assert cb_scale == pytest.approx(0.4 if m.modality[next(iter(m.layers()))] == "vision" else 1.6)
+
+
+def test_autoencoders_route_held_out_samples_to_their_task(tmp_path):
+    """Three twin tasks; each AE fit on the task's training samples; held-out test samples."""
+    tasks = "[skvg,iconqa,kvqa]"
+    cfg = compose_cfg(
+        tmp_path,
+        [
+            *DMOLE,
+            "bench=dmole",
+            f"bench.tasks={tasks}",
+            "bench.unseen=[]",
+            "bench.synthetic.train=160",
+            "method.rep_samples=160",
+            "method.ae_epochs=1000",
+        ],
+    )
+    runner = build(cfg, tmp_path / "run")
+    m, dm = runner.method, runner.dm
+    for t in range(3):
+        dm.set_task(t)
+        m.on_task_start(t, dm)
+        m.on_task_end(t, dm)
+    accs = []
+    for t, name in enumerate(dm.bench.task_names):
+        votes = m.votes(m.sample_representations(dm.test_samples(name)), [0, 1, 2])
+        accs.append(float((votes == t).float().mean()))  # no vote counts as a miss
+    print("task-id accuracy", accs)
+    assert min(accs) >= 0.75 and sum(accs) / 3 >= 0.85, accs
+
+
+def test_resume_rebuilds_experts_and_autoencoders_from_the_checkpoint(two_task_run, tmp_path):
+    out, full = two_task_run
+    cfg = compose_cfg(tmp_path, [*DMOLE, "++method.lr=1e-2"])
+    runner = build(cfg, tmp_path / "run")
+    state = load_file(str(out / "checkpoints" / "task01" / "adapters.safetensors"))
+    runner.method.on_resume(1)
+    runner.method.load_adapter_state(state)
+    got = runner.method.adapter_state()
+    assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in state)
+    assert json.loads(json.dumps(full["matrix"]))  # the original run finished
