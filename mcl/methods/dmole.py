@@ -18,8 +18,11 @@ Candidates are the attention linears of the vision tower and the LM (``vision_ta
 3. **Autoencoder**: the frozen sequence representation -- the tower's last hidden state
    max-pooled over tokens, concatenated with the LM body's hidden states over the instruction
    alone, max-pooled over positions (padding included, as in the code), L2-normalised -- of
-   ``rep_samples`` training samples fits task t's AE; its threshold is the ``tau_quantile`` of
-   its own reconstruction errors (no released rule; spec section 1.4).
+   ``rep_samples`` training samples fits task t's AE (the code's Linear-ReLU-Linear-Sigmoid,
+   Adam 5e-3 cosine to 1e-3, early stop after 10 epochs; ``ae_batch_size`` 64 keeps the code's
+   ~10 steps an epoch on a few hundred samples, where 1024 would take one step an epoch, stop
+   on the early plateau after ~25 steps and route at chance on the twin); its threshold is the
+   ``tau_quantile`` of its own reconstruction errors (no released rule; spec section 1.4).
 
 Routing (:meth:`DMoLE.route`): a sample votes for the task whose AE reconstructs it best among
 those whose threshold it passes (none passed: no vote). With ``route_granularity=batch`` (the
