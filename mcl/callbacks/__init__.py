@@ -1,0 +1,1 @@
+"""Lightning callbacks methods share (gradient projection, ...)."""

@@ -1,0 +1,126 @@
+"""The subspace projection callback (GPM / PGP / Fwd-Prompt): energy thresholds, orthonormal
+bases, the three projection variants, and that projection protects an old task."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from mcl.callbacks.subspace import (
+    SubspaceProjection,
+    collect_inputs,
+    energy_rank,
+    extend_basis,
+    interference_basis,
+    project,
+)
+
+
+def _with_spectrum(s, n=50, d=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(n, len(s), generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(d, len(s), generator=g, dtype=torch.float64))
+    return u @ torch.diag(torch.tensor(s, dtype=torch.float64)) @ v.T, v
+
+
+def test_energy_threshold_picks_the_documented_number_of_directions():
+    s = torch.tensor([10.0, 5.0, 1.0, 0.1])  # energies 100, 25, 1, 0.01 of 126.01
+    assert energy_rank(s, 0.5) == 1
+    assert energy_rank(s, 0.79) == 1 and energy_rank(s, 0.80) == 2
+    assert energy_rank(s, 0.99) == 2 and energy_rank(s, 0.995) == 3
+    assert energy_rank(s, 1.0) == 4
+    h, v = _with_spectrum([10.0, 5.0, 1.0, 0.1])
+    b, k = extend_basis(None, h, 0.95)
+    assert k == 2 and b.shape == (12, 2)
+    assert torch.allclose(b.T @ b, torch.eye(2, dtype=b.dtype), atol=1e-10)
+    # the two kept directions span the top-2 right singular vectors
+    assert torch.allclose(b @ (b.T @ v[:, :2]), v[:, :2], atol=1e-8)
+    # a second task: only the residual adds directions, and the basis stays orthonormal
+    h2, _ = _with_spectrum([3.0, 2.0], seed=1)
+    b2, k2 = extend_basis(b, h2, 0.95)
+    assert b2.shape[1] == 2 + k2 and k2 >= 1
+    assert torch.allclose(b2.T @ b2, torch.eye(b2.shape[1], dtype=b2.dtype), atol=1e-10)
+    assert extend_basis(b2, h2, 0.95)[1] == 0  # already captured: nothing added
+    with pytest.raises(ValueError, match="eps"):
+        energy_rank(s, 0.0)
+
+
+def test_projection_removes_the_interference_space_and_keeps_the_rest():
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    b_pre = q[:, :4]  # pre-trained directions
+    shared = q[:, 2:4]  # old-task directions inside the pre-trained subspace
+    own = q[:, 4:7]  # old-task directions outside it
+    b_old = torch.cat([shared, own], 1)
+    b_s = interference_basis(b_old, b_pre)
+    assert b_s.shape[1] == 3  # only the old task's own directions interfere
+    grad = torch.randn(5, d, generator=g, dtype=torch.float64)
+    out = project(grad, "interference", b_old, b_pre, b_s)
+    rel = (out @ b_s).norm() / grad.norm()
+    assert rel < 1e-5  # no component left in the interference space
+    # the part in U_pre (outside S) and in the residual space survives unchanged
+    keep = torch.cat([b_pre, q[:, 7:]], 1)
+    assert torch.allclose(out @ keep, grad @ keep, atol=1e-10)
+    gpm = project(grad, "gpm", b_old, b_pre)
+    assert (gpm @ b_old).norm() / grad.norm() < 1e-10  # plain GPM also drops the shared part
+    add = project(grad, "additive", b_old, b_pre, alpha=0.5)
+    expect = grad - (grad @ b_old) @ b_old.T + 0.5 * (grad @ b_pre) @ b_pre.T
+    assert torch.allclose(add, expect, atol=1e-10)
+    with pytest.raises(ValueError, match="projection mode"):
+        project(grad, "orthogonal")
+
+
+class _Regressor(L.LightningModule):
+    def __init__(self, d: int, data):
+        super().__init__()
+        self.w = nn.Linear(d, 1, bias=False)
+        self.data = data
+
+    def training_step(self, batch, _):
+        x, y = batch
+        return ((self.w(x).squeeze(-1) - y) ** 2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.data, batch_size=32, shuffle=False)
+
+
+def _task(basis: torch.Tensor, w_true: torch.Tensor, n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, basis.shape[1], generator=g) @ basis.T
+    return torch.utils.data.TensorDataset(x, x @ w_true)
+
+
+def _old_loss_drift(enabled: bool) -> float:
+    torch.manual_seed(0)
+    d = 10
+    q, _ = torch.linalg.qr(torch.randn(d, d))
+    a_dirs, b_dirs = q[:, :4], torch.cat([q[:, 2:4], q[:, 4:8]], 1)  # tasks share 2 directions
+    w_a, w_b = torch.randn(d), torch.randn(d)
+    task_a, task_b = _task(a_dirs, w_a, 256, 1), _task(b_dirs, w_b, 256, 2)
+    model = _Regressor(d, task_a)
+    kw = dict(max_epochs=30, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    L.Trainer(**kw, enable_model_summary=False).fit(model)
+    xa, ya = task_a.tensors
+    with torch.no_grad():
+        before = float(((model.w(xa).squeeze(-1) - ya) ** 2).mean())
+    cb = SubspaceProjection(lambda: list(model.parameters()), mode="gpm", enabled=enabled)
+    with collect_inputs(model.w) as rows:
+        model.w(xa)
+    cb.add_task(torch.cat(rows), eps=0.99)
+    assert cb.b_old.shape[1] == 4
+    model.data = task_b
+    L.Trainer(**kw, enable_model_summary=False, callbacks=[cb]).fit(model)
+    with torch.no_grad():
+        after = float(((model.w(xa).squeeze(-1) - ya) ** 2).mean())
+    return after - before
+
+
+def test_projection_keeps_the_old_task_loss_from_drifting():
+    on, off = _old_loss_drift(True), _old_loss_drift(False)
+    assert off > 10 * max(on, 1e-6) and on < 1e-3
