@@ -212,7 +212,7 @@ def test_every_baseline_runs_end_to_end(tmp_path, method):
             assert changed  # the second task trained the same tensors
 
 
-@pytest.mark.parametrize("method", ["olora", "ewc", "dmole"])
+@pytest.mark.parametrize("method", ["olora", "ewc", "dmole", "fwd_prompt"])
 def test_methods_with_task_state_resume_to_the_same_matrix(tmp_path, method):
     """O-LoRA grows an adapter per task, EWC keeps importance, D-MoLE grows experts where its
     allocator chose and an autoencoder per task: all must survive a crash."""

@@ -15,7 +15,7 @@ from torch import nn
 IGNORE_INDEX = -100
 # batch entries that are not model inputs: skip accounting, and the raw instructions (methods
 # that route by instruction, e.g. EProj, embed them; the model never sees the list)
-NON_MODEL_KEYS = ("n_skipped", "skipped_examples", "questions")
+NON_MODEL_KEYS = ("n_skipped", "skipped_examples", "questions", "virtual_mask")
 
 
 def model_inputs(batch: dict) -> dict:
@@ -36,6 +36,10 @@ class ChatCollator:
         self.tokenizer = processor.tokenizer
         self.image_seq_length = image_seq_length  # tokens one <image> expands to
         self._prompts: dict[str, str] = {}  # rendering the chat template is the slow part
+        # soft-prompt slots: this many pad-id placeholders right after the image tokens (before
+        # the instruction), marked in batch["virtual_mask"]; a prompt method writes its vectors
+        # there through an input-embedding hook (0 = none; set by the method)
+        self.virtual_tokens = 0
 
     def prompt(self, question: str) -> str:
         """The chat-formatted prompt up to and including the assistant cue."""
@@ -56,7 +60,32 @@ class ChatCollator:
     def _prompt_ids(self, questions: list[str]) -> list[list[int]]:
         tok = self.processor.image_token
         texts = [self.prompt(q).replace(tok, tok * self.image_seq_length, 1) for q in questions]
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        if not self.virtual_tokens:
+            return ids
+        image_id = self.tokenizer.convert_tokens_to_ids(tok)
+        slots = [self.tokenizer.pad_token_id] * self.virtual_tokens
+        out = []
+        for seq in ids:
+            at = self._slot_at(seq, image_id)
+            out.append(seq[:at] + slots + seq[at:])
+        return out
+
+    @staticmethod
+    def _slot_at(ids: list[int], image_id: int) -> int:
+        """Where soft-prompt slots go: after the last image token (else at the start)."""
+        last = max((i for i, t in enumerate(ids) if t == image_id), default=-1)
+        return last + 1
+
+    def _virtual_masks(self, prompt_ids: list[list[int]], lengths: list[int]) -> list[list[int]]:
+        image_id = self.tokenizer.convert_tokens_to_ids(self.processor.image_token)
+        out = []
+        for p, n in zip(prompt_ids, lengths):
+            at = self._slot_at(p, image_id)  # the slots themselves are pad ids
+            row = [0] * n
+            row[at : at + self.virtual_tokens] = [1] * self.virtual_tokens
+            out.append(row)
+        return out
 
     def _pad(self, seqs: list[list[int]], value: int, left: bool) -> torch.Tensor:
         width = max(map(len, seqs))
@@ -76,21 +105,29 @@ class ChatCollator:
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         seqs = [p + a + [eos] for p, a in zip(prompt_ids, answer_ids)]
         labels = [[IGNORE_INDEX] * len(p) + a + [eos] for p, a in zip(prompt_ids, answer_ids)]
-        return {
+        out = {
             "input_ids": self._pad(seqs, pad, left=False),
             "attention_mask": self._pad([[1] * len(s) for s in seqs], 0, left=False),
             "labels": self._pad(labels, IGNORE_INDEX, left=False),
             "pixel_values": self._images(images),
         }
+        if self.virtual_tokens:
+            masks = self._virtual_masks(prompt_ids, [len(s) for s in seqs])
+            out["virtual_mask"] = self._pad(masks, 0, left=False).bool()
+        return out
 
     def encode_prompts(self, questions, images) -> dict[str, torch.Tensor]:
         """Left-padded prompts for batched generation."""
         ids = self._prompt_ids(questions)
-        return {
+        out = {
             "input_ids": self._pad(ids, self.tokenizer.pad_token_id, left=True),
             "attention_mask": self._pad([[1] * len(s) for s in ids], 0, left=True),
             "pixel_values": self._images(images),
         }
+        if self.virtual_tokens:
+            masks = self._virtual_masks(ids, [len(s) for s in ids])
+            out["virtual_mask"] = self._pad(masks, 0, left=True).bool()
+        return out
 
     def train_batch(self, samples: list[dict | None]) -> dict[str, torch.Tensor]:
         good = [s for s in samples if s is not None and "corrupt" not in s]

@@ -1,0 +1,102 @@
+"""Fwd-Prompt (reconstructed): soft-prompt slots after the image tokens, per-sample selection
+from the pool, the embedding hook, and projected prompt gradients (shared/specs/fwd_prompt.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mcl.models.mllm import IGNORE_INDEX
+from mcl.train import build, run
+from tests.conftest import MICRO, compose_cfg
+
+FWD = [*MICRO, "method=fwd_prompt", "method.probe_samples=32", "method.pool_size=4"]
+FWD += ["method.top_n=2", "method.prompt_length=3"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fwd")
+    runner = build(compose_cfg(tmp, FWD), tmp / "run")
+    return runner
+
+
+def test_slots_sit_after_the_image_tokens_and_carry_no_loss(built):
+    m, dm = built.method, built.dm
+    col = m.mllm.collator
+    assert col.virtual_tokens == 6
+    samples = dm.test_samples("color")[:3]
+    image_id = col.tokenizer.convert_tokens_to_ids(col.processor.image_token)
+    train = col.train_batch(samples)
+    prompts = col.prompt_batch(samples)
+    for batch in (train, prompts):
+        vm = batch["virtual_mask"]
+        assert vm.shape == batch["input_ids"].shape and vm.sum(1).eq(6).all()
+        for row, ids in zip(vm, batch["input_ids"]):
+            pos = row.nonzero().flatten()
+            assert pos.tolist() == list(range(int(pos[0]), int(pos[0]) + 6))  # contiguous
+            assert ids[int(pos[0]) - 1] == image_id  # right after the last image token
+            assert (ids[int(pos[-1]) + 1 :] == image_id).sum() == 0
+    assert (train["labels"][train["virtual_mask"]] == IGNORE_INDEX).all()
+
+
+def test_hook_writes_the_chosen_prompts_only_on_the_full_prompt(built):
+    m, dm = built.method, built.dm
+    batch = m.mllm.collator.prompt_batch(dm.test_samples("color")[:4])
+    emb = m.mllm.model.get_input_embeddings()
+    plain = emb(batch["input_ids"])
+    with m.eval_context(batch):
+        idx, _ = m.select(batch, training=False)
+        out = emb(batch["input_ids"])
+        step = emb(batch["input_ids"][:, -1:])  # a cached decoding step: untouched
+    vm = batch["virtual_mask"]
+    want = m.values[idx].reshape(4, -1, m.values.shape[-1])
+    assert torch.equal(out[vm].reshape(4, 6, -1), want.detach())
+    assert torch.equal(out[~vm], plain[~vm]) and torch.equal(step, plain[:, -1:])
+    assert torch.equal(emb(batch["input_ids"]), plain)  # the stash is cleared afterwards
+    assert idx.shape == (4, 2) and (idx[:, 0] < idx[:, 1]).all()
+
+
+def test_lm_and_key_losses_reach_values_and_keys(built):
+    m, dm = built.method, built.dm
+    dm.set_task(0)
+    m.on_task_start(0, dm)
+    batch = m.mllm.collator.train_batch(dm.test_samples("color")[:4])
+    m.zero_grad()
+    m.training_step(batch, 0).backward()
+    for p in (m.values, m.keys_img, m.keys_txt):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    idx, _ = m.select(batch, training=True)
+    unused = sorted(set(range(4)) - set(idx.flatten().tolist()))
+    assert all(m.values.grad[j].abs().sum() == 0 for j in unused)  # only chosen prompts learn
+
+
+def test_projected_prompt_gradient_has_no_interference_component(built):
+    m, dm = built.method, built.dm
+    dm.set_task(0)
+    m.on_task_start(0, dm)
+    assert m.b_pre.shape[1] > 0  # built from task 0's probe set
+    m.on_task_end(1, dm)  # another task's inputs: directions pre-training does not cover
+    cb = m.projector()
+    assert cb.enabled and cb.b_s.shape[1] > 0
+    batch = m.mllm.collator.train_batch(dm.test_samples("position")[:4])
+    m.zero_grad()
+    m.training_step(batch, 0).backward()
+    g0 = m.values.grad.detach().clone()
+    cb.on_before_optimizer_step(None, m, None)
+    g = m.values.grad.reshape(-1, g0.shape[-1]).double()
+    b_s = cb.b_s.double()
+    assert (g @ b_s).norm() / g0.norm() < 1e-5
+    keep = g0.reshape(-1, g0.shape[-1]).double()
+    assert torch.allclose(g, keep - (keep @ b_s) @ b_s.T, atol=1e-6)
+
+
+def test_runs_end_to_end_with_fwt_reported(tmp_path):
+    cfg = compose_cfg(tmp_path, FWD)
+    res = run(cfg, Path(cfg.paths.output_dir))
+    assert res["complete"] and res["metrics"]["fwt"] is not None
+    info = res["method_info"]
+    assert info[0]["pre_dims"] > 0 and info[1]["old_dims"] >= info[0]["old_dims"] > 0
+    assert all(p["trainable"] == 4 * 3 * 32 + 4 * 32 + 4 * 32 for p in res["params"])
