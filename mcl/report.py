@@ -149,14 +149,22 @@ def load_run(path: Path) -> dict | None:
     return run | {"dir": str(path.parent), "mtime": path.stat().st_mtime}
 
 
-def group_key(run: dict) -> tuple:
-    """What must match for runs to be averaged: same bench, data, task lists and method."""
+def split_values(run: dict, split: Sequence[str] = ()) -> tuple:
+    """The run's values of the dotted config keys in `split` (e.g. method.allocator)."""
+    flat = _flatten(run.get("config") or {})
+    return tuple(flat.get(k, "null") for k in split)
+
+
+def group_key(run: dict, split: Sequence[str] = ()) -> tuple:
+    """What must match for runs to be averaged: same bench, data, task lists and method, and
+    the same values of any `split` config keys (ablations, settings)."""
     return (
         run["bench"],
         run.get("data_source", "unknown"),
         tuple(run["tasks"]),
         tuple(run.get("unseen_tasks") or ()),
         run["method"],
+        split_values(run, split),
     )
 
 
@@ -193,12 +201,12 @@ def config_diff(runs: Sequence[dict]) -> list[str]:
     )
 
 
-def _drop_duplicates(runs: list[dict]) -> list[dict]:
+def _drop_duplicates(runs: list[dict], split: Sequence[str] = ()) -> list[dict]:
     """One run per (group, seed): a finished run beats an unfinished one, then the newest wins."""
     kept: dict[tuple, dict] = {}
     best_first = sorted(runs, key=lambda r: (r.get("complete") is True, r["mtime"]), reverse=True)
     for run in best_first:
-        key = (*group_key(run), run["seed"])
+        key = (*group_key(run, split), run["seed"])
         if key not in kept:
             kept[key] = run
             continue
@@ -209,6 +217,7 @@ def _drop_duplicates(runs: list[dict]) -> list[dict]:
         warn(
             f"{run['bench']}/{run['method']} seed {run['seed']} appears twice: keeping "
             f"{winner['dir']} ({why}), ignoring {run['dir']}{note}"
+            + ("; --split-by those keys keeps both" if diff else "")
         )
     return sorted(kept.values(), key=lambda r: r["dir"])
 
@@ -217,6 +226,7 @@ def collect(
     paths: Iterable[str | os.PathLike],
     include_incomplete: bool = False,
     scoring: str | None = None,
+    split: Sequence[str] = (),
 ) -> list[dict]:
     """Load every usable results.json below `paths`: unfinished runs are skipped unless
     `include_incomplete`, duplicate seeds keep the newest run. Raises ReportError if none is left.
@@ -234,7 +244,7 @@ def collect(
             f"none of the {len(files)} results.json found is usable (see warnings); "
             "pass finished runs or add --include-incomplete"
         )
-    return _drop_duplicates(runs)
+    return _drop_duplicates(runs, split)
 
 
 # --------------------------------------------------------------------------------- aggregating
@@ -267,13 +277,21 @@ def _last_trainable(run: dict) -> float | None:
     return _num(params[-1].get("trainable")) if params and isinstance(params[-1], dict) else None
 
 
-def _group(runs: list[dict]) -> dict:
+def _group(runs: list[dict], split: Sequence[str] = ()) -> dict:
     first = runs[0]
     unseen = list(first.get("unseen_tasks") or [])
     stats = {key: summarize(r["metrics"].get(key) for r in runs) for key in METRICS}
     stats["trainable"] = summarize(map(_last_trainable, runs))
     stats["time_s"] = summarize((r.get("timings") or {}).get("total_s") for r in runs)
     diff = config_diff(runs)
+    values = split_values(first, split)
+    label = first["method"]
+    if split:
+        label += (
+            " ("
+            + ", ".join(f"{k.rsplit('.', 1)[-1]}={json.loads(v)}" for k, v in zip(split, values))
+            + ")"
+        )
     if diff:
         warn(
             f"{first['bench']}/{first['method']} averages runs whose configs differ in "
@@ -283,7 +301,7 @@ def _group(runs: list[dict]) -> dict:
         "bench": first["bench"],
         "data_source": first.get("data_source", "unknown"),
         "method": first["method"],
-        "label": first["method"],
+        "label": label,
         "tasks": list(first["tasks"]),
         "unseen_tasks": unseen,
         "n_seeds": len(runs),
@@ -315,13 +333,15 @@ def _label_variants(groups: list[dict]) -> None:
                 g["label"] += f" [tasks: {','.join(g['tasks'])}{unseen}]"
 
 
-def aggregate(runs: Sequence[dict]) -> list[dict]:
+def aggregate(runs: Sequence[dict], split: Sequence[str] = ()) -> list[dict]:
     """One dict per group of runs: `metrics` maps each stat to {mean, std, n} over seeds, and
-    `matrix` / `unseen_matrix` are the cell-wise means. Ordered by bench, then method."""
+    `matrix` / `unseen_matrix` are the cell-wise means. Ordered by bench, then method. `split`
+    (dotted config keys) keeps runs that differ in them apart, labelled e.g. `dmole
+    (allocator=fixed)`."""
     by_key: dict[tuple, list[dict]] = {}
-    for run in sorted(runs, key=lambda r: (group_key(r), r["seed"])):
-        by_key.setdefault(group_key(run), []).append(run)
-    groups = [_group(members) for members in by_key.values()]
+    for run in sorted(runs, key=lambda r: (group_key(r, split), r["seed"])):
+        by_key.setdefault(group_key(run, split), []).append(run)
+    groups = [_group(members, split) for members in by_key.values()]
     _label_variants(groups)
     return groups
 
@@ -639,6 +659,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="report results.NAME.json, written by `python -m mcl.eval.rescore --scorer-mode "
         "NAME` (e.g. smolora), instead of results.json",
     )
+    parser.add_argument(
+        "--split-by",
+        default="",
+        metavar="KEYS",
+        help="comma-separated dotted config keys whose values keep runs apart (ablations, "
+        "settings), e.g. method.allocator,bench.synthetic.instructions",
+    )
     return parser
 
 
@@ -646,7 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     order = [name.strip() for name in args.order.split(",") if name.strip()]
     try:
-        groups = aggregate(collect(args.paths, args.include_incomplete, args.scoring))
+        split = [k.strip() for k in args.split_by.split(",") if k.strip()]
+        runs = collect(args.paths, args.include_incomplete, args.scoring, split)
+        groups = aggregate(runs, split)
         known = {g["method"] for g in groups} | {g["label"] for g in groups}
         for name in order:
             if name not in known:

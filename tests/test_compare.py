@@ -263,3 +263,26 @@ def test_help(capsys):
         main(["--help"])
     assert exc.value.code == 0
     assert "RUN_DIR" in capsys.readouterr().out
+
+
+def test_split_by_keeps_ablations_apart_and_labels_them(tmp_path, capsys):
+    runs = {}
+    for value, level in (("zc", 60.0), ("fixed", 20.0)):
+        d = make_run(tmp_path, "dmole", 0, level=level, run_dir=tmp_path / value / "s0")
+        r = load(d)
+        r["config"]["method"]["allocator"] = value
+        (d / "results.json").write_text(json.dumps(r))
+        runs[value] = d
+    merged = aggregate(collect([tmp_path]))
+    assert len(merged) == 1 and merged[0]["n_seeds"] == 1  # same seed: one was dropped
+    assert "--split-by those keys keeps both" in capsys.readouterr().err
+    split = ["method.allocator"]
+    groups = aggregate(collect([tmp_path], split=split), split)
+    labels = {g["label"]: g for g in groups}
+    assert set(labels) == {"dmole (allocator=zc)", "dmole (allocator=fixed)"}
+    zc = labels["dmole (allocator=zc)"]["metrics"]["last"]["mean"]
+    assert zc == load(runs["zc"])["metrics"]["last"]
+    assert (
+        main([str(tmp_path), "--split-by", "method.allocator", "--out", str(tmp_path / "r")]) == 0
+    )
+    assert "dmole (allocator=fixed)" in (tmp_path / "r" / "report.md").read_text()
