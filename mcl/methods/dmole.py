@@ -526,7 +526,13 @@ class DMoLE(ContinualMethod):
         info |= {
             "new_params": a.get("new_params"),
             "stored_params": stored,
+            "budget_units": round(
+                self.budget_portion * len({self.unit_of(n) for n in self.modality})
+            )
+            if self.budget_params is None
+            else None,
             "budget_params": self.budget_params,
+            "route_granularity": self.route_granularity,
             "modules": a.get("modules"),
         }
         return info
