@@ -109,7 +109,10 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
         raise ConfigError(f"bench.scorer_mode: {e}") from None
     mllm = instantiate(cfg.model)
     method = _instantiate_method(cfg.method)
-    method.setup_model(mllm)
+    try:  # a method that cannot fit this model (targets, budgets) says so in one line
+        method.setup_model(mllm)
+    except ValueError as e:
+        raise ConfigError(f"method {cfg.method.name}: {e}") from None
     dm = ContinualDataModule(
         bench,
         mllm.collator,

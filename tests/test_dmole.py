@@ -244,3 +244,26 @@ def test_resume_rebuilds_experts_and_autoencoders_from_the_checkpoint(two_task_r
     got = runner.method.adapter_state()
     assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in state)
     assert json.loads(json.dumps(full["matrix"]))  # the original run finished
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "method.budget_portion=0.01",
+            "budget_portion=0.01 of 12 candidate units places no expert",
+        ),
+        ("method.budget_params=10", "budget_params=10 is below the cheapest expert"),
+        ("method.lm_targets=[nope]", None),
+    ],
+)
+def test_budgets_too_small_for_one_expert_are_one_line_errors(tmp_path, override, message):
+    from mcl.config import ConfigError
+
+    over = [*DMOLE, override]
+    if message is None:  # no LM candidates left: still runs on the vision tower's modules
+        over += ["method.vision_targets=[nope]"]
+        message = "no candidate module matches"
+    with pytest.raises(ConfigError, match=message) as e:
+        build(compose_cfg(tmp_path, over), tmp_path / "run")
+    assert str(e.value).startswith("method dmole: ") and "\n" not in str(e.value)

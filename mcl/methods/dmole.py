@@ -240,13 +240,30 @@ class DMoLE(ContinualMethod):
                 ):
                     self.modality[name] = m
         if not self.modality:
-            raise ValueError("dmole: no candidate module matches vision_targets / lm_targets")
+            raise ValueError("no candidate module matches vision_targets / lm_targets")
+        n_units = len({self.unit_of(n) for n in self.modality})
+        if self.budget_params is None and round(self.budget_portion * n_units) < 1:
+            raise ValueError(
+                f"budget_portion={self.budget_portion} of {n_units} candidate units places no "
+                f"expert; raise it to at least {0.5 / n_units:.3g}"
+            )
         for name in self.modality:
             parent, _, child = name.rpartition(".")
             holder = model.get_submodule(parent)
             base = getattr(holder, child)
             setattr(holder, child, DMoLELinear(base, self.r, self.alpha, self.dropout))
         self.keep_wrapped_base()
+        if self.budget_params is not None:
+            cost: dict[str, int] = {}
+            for n in self.modality:
+                lin = model.get_submodule(n).base
+                u = self.unit_of(n)
+                cost[u] = cost.get(u, 0) + self.r * (lin.in_features + lin.out_features)
+            if self.budget_params < min(cost.values()):
+                raise ValueError(
+                    f"budget_params={self.budget_params} is below the cheapest expert "
+                    f"({min(cost.values())} parameters at r={self.r}); raise it or lower r"
+                )
         self.aes = nn.ModuleDict()
         cfg = model.config
         self.rep_dim = cfg.vision_config.hidden_size + cfg.text_config.hidden_size
