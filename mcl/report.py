@@ -59,6 +59,8 @@ REQUIRED = {
     "metrics": dict,
 }
 # config parts that say where or how a run was launched, not what was run
+# definitions a run may carry without using them (bench.scorer_mode says which preset ran)
+DEFINITION_PREFIXES = ("bench.scorer_presets.",)
 LAUNCH_KEYS = {"seed", "resume", "progress", "paths", "hydra", "logger", "hardware"}
 LAUNCH_LEAVES = {
     "cache_dir",
@@ -197,6 +199,7 @@ def config_diff(runs: Sequence[dict]) -> list[str]:
         for k in keys
         if k.split(".")[0] not in LAUNCH_KEYS
         and k.split(".")[-1] not in LAUNCH_LEAVES
+        and not k.startswith(DEFINITION_PREFIXES)
         and len({f.get(k, "null") for f in flat}) > 1  # a key added later defaults to null
     )
 
