@@ -289,12 +289,9 @@ def _group(runs: list[dict], split: Sequence[str] = ()) -> dict:
     diff = config_diff(runs)
     values = split_values(first, split)
     label = first["method"]
-    if split:
-        label += (
-            " ("
-            + ", ".join(f"{k.rsplit('.', 1)[-1]}={json.loads(v)}" for k, v in zip(split, values))
-            + ")"
-        )
+    shown = [(k.rsplit(".", 1)[-1], json.loads(v)) for k, v in zip(split, values) if v != "null"]
+    if shown:  # keys a run does not have (another method's options) are left out
+        label += " (" + ", ".join(f"{k}={v}" for k, v in shown) + ")"
     if diff:
         warn(
             f"{first['bench']}/{first['method']} averages runs whose configs differ in "
