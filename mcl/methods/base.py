@@ -141,6 +141,16 @@ class ContinualMethod(L.LightningModule):
     def model_inputs(batch: dict) -> dict:
         return model_inputs(batch)
 
+    def device_batches(self, samples: list[dict], size: int, prompts: bool = False):
+        """Collate ``samples`` in chunks of ``size`` (training batches, or generation prompts)
+        and yield them on the model's device; chunks with no readable sample are skipped."""
+        dev = next(self.mllm.model.parameters()).device
+        collate = self.mllm.collator.prompt_batch if prompts else self.mllm.collator.train_batch
+        for i in range(0, len(samples), size):
+            batch = collate(samples[i : i + size])
+            if "input_ids" in batch:
+                yield {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+
     def trainable_named(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 

@@ -289,13 +289,6 @@ class DMoLE(ContinualMethod):
             layer.mask = mask
 
     # ------------------------------------------------------------------ zero-cost proxy
-    def _batches(self, samples: list[dict], size: int):
-        dev = next(self.mllm.model.parameters()).device
-        for i in range(0, len(samples), size):
-            batch = self.mllm.collator.train_batch(samples[i : i + size])
-            if "input_ids" in batch:
-                yield {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
-
     def zc_scores(self, task: int, dm) -> dict[str, float]:
         """Per candidate module: sum over its pretrained weight (and bias) of ||dL/dW||_2,
         gradients accumulated over the task's first batches, experts off, no step taken."""
@@ -314,7 +307,7 @@ class DMoLE(ContinualMethod):
                 p.grad = None
         try:
             with torch.enable_grad():
-                for batch in self._batches(samples, size):
+                for batch in self.device_batches(samples, size):
                     self.mllm(**model_inputs(batch)).loss.backward()
             return {
                 n: float(sum(p.grad.norm() for p in ps if p.grad is not None))

@@ -145,7 +145,8 @@ class FwdPrompt(ContinualMethod):
         idx = s.masked_fill(~allowed, float("-inf")).topk(k, dim=1).indices
         if k < self.top_n:  # a small slice: repeat its best prompts to fill the slots
             idx = idx.repeat(1, -(-self.top_n // k))[:, : self.top_n]
-        return idx.sort(dim=1).values, s.gather(1, idx.sort(dim=1).values)
+        idx = idx.sort(dim=1).values  # slot order follows the pool, not the score
+        return idx, s.gather(1, idx)
 
     def _stage(self, batch: dict, training: bool) -> torch.Tensor:
         idx, scores = self.select(batch, training)
@@ -184,14 +185,11 @@ class FwdPrompt(ContinualMethod):
         """The LM's input rows at ``collect_at`` (non-padding positions) for ``samples``, with
         the current prompts in their slots."""
         layer = self.mllm.part_modules("lm")[0].get_submodule(self.collect_at)
-        dev = self.values.device
         rows = []
         was = self.training
         self.eval()
         try:
-            for i in range(0, len(samples), size):
-                batch = self.mllm.collator.prompt_batch(samples[i : i + size])
-                batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+            for batch in self.device_batches(samples, size, prompts=True):
                 with torch.no_grad(), collect_inputs(layer) as got, self.eval_context(batch):
                     self.mllm(**model_inputs(batch))
                 keep = batch["attention_mask"].reshape(-1).bool().cpu()
