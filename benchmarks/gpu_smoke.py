@@ -19,7 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.conftest import MICRO, compose_cfg  # noqa: E402
 
-ALL = "zero_shot,seq_lora,seq_ft,replay,ewc,mas,lwf,moelora,olora,joint,eproj,tir_ewc,smolora,dmole,fwd_prompt"
+ALL = (
+    "zero_shot,seq_lora,seq_ft,replay,ewc,mas,lwf,moelora,olora,joint,eproj,tir_ewc,smolora,"
+    "dmole,fwd_prompt"
+)
 
 
 def main() -> int:
