@@ -625,7 +625,7 @@ def format_ok(scorer: str, answer_type: str | None, pred: str) -> bool:
         return extract_choice(pred) is not None
     if scorer == "iou":
         return parse_box(pred) is not None
-    if scorer in ("cider", "bleu4", "rougeL"):
+    if scorer in _CAPTION_SCORERS:
         return len(words) >= 2
     if answer_type == "number":
         return re.fullmatch(r"\d+", pred.strip()) is not None

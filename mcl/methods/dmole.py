@@ -254,11 +254,7 @@ class DMoLE(ContinualMethod):
             setattr(holder, child, DMoLELinear(base, self.r, self.alpha, self.dropout))
         self.keep_wrapped_base()
         if self.budget_params is not None:
-            cost: dict[str, int] = {}
-            for n in self.modality:
-                lin = model.get_submodule(n).base
-                u = self.unit_of(n)
-                cost[u] = cost.get(u, 0) + self.r * (lin.in_features + lin.out_features)
+            cost = self.unit_costs()
             if self.budget_params < min(cost.values()):
                 raise ValueError(
                     f"budget_params={self.budget_params} is below the cheapest expert "
@@ -283,6 +279,16 @@ class DMoLE(ContinualMethod):
     def unit_of(self, name: str) -> str:
         """The allocation unit of a candidate module (itself, or its attention block)."""
         return name if self.granularity == "module" else name.rpartition(".")[0]
+
+    def unit_costs(self) -> dict[str, int]:
+        """Parameters one new expert costs per allocation unit (r x (in + out) per module)."""
+        cost: dict[str, int] = {}
+        for n, layer in self.layers().items():
+            lin = layer.base
+            cost[self.unit_of(n)] = cost.get(self.unit_of(n), 0) + self.r * (
+                lin.in_features + lin.out_features
+            )
+        return cost
 
     def set_masks(self, mask: torch.Tensor | None) -> None:
         for layer in self.layers().values():
@@ -409,13 +415,10 @@ class DMoLE(ContinualMethod):
             scores = self.zc_scores(task, dm)
             unit_scores: dict[str, float] = {}
             unit_mod: dict[str, str] = {}
-            unit_cost: dict[str, int] = {}
             for n, s in scores.items():
                 u = self.unit_of(n)
                 unit_scores[u] = unit_scores.get(u, 0.0) + s
                 unit_mod[u] = self.modality[n]
-                lin = layers[n].base
-                unit_cost[u] = unit_cost.get(u, 0) + self.r * (lin.in_features + lin.out_features)
             alloc = allocate(
                 unit_scores,
                 unit_mod,
@@ -424,7 +427,7 @@ class DMoLE(ContinualMethod):
                 self.curriculum,
                 self.allocator,
                 self.budget_params,
-                unit_cost,
+                self.unit_costs(),
             )
             modules = [n for n in self.modality if self.unit_of(n) in set(alloc["units"])]
             for n in modules:

@@ -82,6 +82,7 @@ class FwdPrompt(ContinualMethod):
         self.n_trained = 0
         self._stash: tuple[torch.Tensor, torch.Tensor] | None = None  # (mask, values)
         self._picked: list[torch.Tensor] = []
+        self._scores: torch.Tensor | None = None  # this step's chosen-prompt scores (key loss)
         self.basis_info: dict[int, dict] = {}
 
     # ------------------------------------------------------------------ structure
@@ -158,19 +159,17 @@ class FwdPrompt(ContinualMethod):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int):
-        if "input_ids" not in batch:
-            return None
-        scores = self._stage(batch, training=True)
+        # choose and place the prompts; the base step runs the model and adds extra_loss
+        self._scores = self._stage(batch, training=True) if "input_ids" in batch else None
         try:
-            out = self.mllm(**model_inputs(batch))
+            return super().training_step(batch, batch_idx)
         finally:
-            self._stash = None
-        key_loss = (1 - scores / 2).sum(1).mean()
-        loss = out.loss + self.key_lambda * key_loss
-        self.log("train/loss", out.loss.detach(), prog_bar=True)
+            self._stash, self._scores = None, None
+
+    def extra_loss(self, batch: dict, out) -> torch.Tensor:
+        key_loss = (1 - self._scores / 2).sum(1).mean()
         self.log("train/key_loss", key_loss.detach())
-        self.log("train/skipped", batch["n_skipped"].float(), reduce_fx="sum")
-        return loss
+        return self.key_lambda * key_loss
 
     @contextlib.contextmanager
     def eval_context(self, batch: dict):
