@@ -108,7 +108,14 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
     except ValueError as e:
         raise ConfigError(f"bench.scorer_mode: {e}") from None
     mllm = instantiate(cfg.model)
+    attach_modalities(mllm, bench)
     method = _instantiate_method(cfg.method)
+    if mllm.xmodal is not None and getattr(method, "image_only", False):
+        raise ConfigError(
+            f"method {cfg.method.name} reads images only, but bench {cfg.bench.name} has "
+            f"{', '.join(sorted(mllm.xmodal.inputs))} inputs; set model.xmodal.enabled=false "
+            "(every payload rendered as an image) or pick another method"
+        )
     try:  # a method that cannot fit this model (targets, budgets) says so in one line
         method.setup_model(mllm)
     except ValueError as e:
@@ -140,6 +147,18 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
         scorer_mode=scorer_mode,
         scorer_presets=presets,
     )
+
+
+def attach_modalities(mllm, bench) -> None:
+    """Give the model input modules for the benchmark's non-image modalities
+    (``model.xmodal``; without it every payload reaches the model as its rendered image)."""
+    wanted = {t.get("modality", "image") for t in bench.tasks + bench.unseen} - {"image"}
+    xcfg = _container(getattr(mllm, "xmodal_cfg", None)) or {}
+    if wanted and xcfg.get("enabled", False):
+        from mcl.data.world_av import MODALITIES
+        from mcl.models.xmodal import attach_xmodal
+
+        attach_xmodal(mllm, [m for m in MODALITIES if m in wanted], xcfg)
 
 
 def _container(value):

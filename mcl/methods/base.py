@@ -63,7 +63,7 @@ class ContinualMethod(L.LightningModule):
     def setup_model(self, mllm: MLLM) -> None:
         """Attach the MLLM and freeze it; subclasses inject their modules after calling this."""
         self.mllm = mllm
-        mllm.model.requires_grad_(False)
+        mllm.requires_grad_(False)  # the HF model and any x-modal input modules
         # remember the base's tensor names: a task checkpoint holds everything else
         self._base_names = set(self.state_dict().keys())
         self._part_ids = {
@@ -96,6 +96,26 @@ class ContinualMethod(L.LightningModule):
 
     def on_task_start(self, task: int, dm) -> None:
         self.current_task = task
+        # the non-image input modules of the modalities this task trains on (x-modal models):
+        # every method trains them, since the base has never seen those modalities
+        bench = getattr(dm, "bench", None)
+        tasks = getattr(dm, "mix", None) or {task: None}
+        self._modalities_now = (
+            {bench.tasks[j].get("modality", "image") for j in tasks} if bench else set()
+        )
+
+    def modal_input_names(self) -> set[str]:
+        """Parameters of the input modules of the modalities being trained now."""
+        xm = getattr(self.mllm, "xmodal", None) if self.mllm is not None else None
+        if xm is None:
+            return set()
+        now = getattr(self, "_modalities_now", set())
+        return {
+            f"mllm.xmodal.inputs.{m}.{n}"
+            for m in now
+            if m in xm.inputs
+            for n, _ in xm.inputs[m].named_parameters()
+        }
 
     def on_task_end(self, task: int, dm) -> None:
         pass
@@ -133,8 +153,9 @@ class ContinualMethod(L.LightningModule):
 
     def expected_trainable(self) -> set[str]:
         """Names of parameters that must train in the current task (the runner asserts it):
-        the method's own modules (subclasses add them) and the fully fine-tuned parts."""
-        return self.part_names()
+        the method's own modules (subclasses add them), the fully fine-tuned parts and the
+        input modules of the modalities being trained."""
+        return self.part_names() | self.modal_input_names()
 
     # ------------------------------------------------------------------ training
     @staticmethod
@@ -208,7 +229,9 @@ class ContinualMethod(L.LightningModule):
             k: v.detach().cpu().contiguous()
             for k, v in self.state_dict().items()
             # peft renames a wrapped weight "x.weight" -> "x.base_layer.weight": still base
-            if k in parts or (k not in base and k.replace(".base_layer", "") not in base)
+            if k in parts
+            or k.startswith("mllm.xmodal.")  # trained per modality, so always saved
+            or (k not in base and k.replace(".base_layer", "") not in base)
         }
 
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:

@@ -153,6 +153,8 @@ class UpdateRatioCallback(L.Callback):
 
 
 class DMoLE(ContinualMethod):
+    image_only = True  # routes by pixel_values: no video/audio/... input modules
+
     def __init__(
         self,
         name: str = "dmole",

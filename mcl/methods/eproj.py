@@ -33,6 +33,8 @@ from mcl.models.task_embedding import FrozenFeatures
 
 
 class EProj(ContinualMethod):
+    image_only = True  # routes by pixel_values: no video/audio/... input modules
+
     def __init__(
         self,
         name: str = "eproj",

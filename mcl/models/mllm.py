@@ -40,6 +40,12 @@ class ChatCollator:
         # the instruction), marked in batch["virtual_mask"]; a prompt method writes its vectors
         # there through an input-embedding hook (0 = none; set by the method)
         self.virtual_tokens = 0
+        # x-modal inputs (mcl.models.xmodal.attach_xmodal): placeholder tokens and cue per
+        # modality, and how payloads become tensors; None = every sample is an image
+        self.modal: dict | None = None
+
+    def set_modal(self, tokens: dict, cues: dict, **prep) -> None:
+        self.modal = {"tokens": dict(tokens), "cues": dict(cues), **prep}
 
     def prompt(self, question: str) -> str:
         """The chat-formatted prompt up to and including the assistant cue."""
@@ -57,9 +63,21 @@ class ChatCollator:
     def _images(self, images) -> torch.Tensor:
         return self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
-    def _prompt_ids(self, questions: list[str]) -> list[list[int]]:
+    def _placeholder(self, modality: str | None) -> str:
+        """What one ``<image>`` becomes: the modality's cue and its placeholder tokens."""
         tok = self.processor.image_token
-        texts = [self.prompt(q).replace(tok, tok * self.image_seq_length, 1) for q in questions]
+        if self.modal is None:
+            return tok * self.image_seq_length
+        cue = self.modal["cues"].get(modality, "")
+        return (cue + " " if cue else "") + tok * self.modal["tokens"][modality]
+
+    def _prompt_ids(self, questions: list[str], modalities=None) -> list[list[int]]:
+        tok = self.processor.image_token
+        modalities = modalities or ["image"] * len(questions)
+        texts = [
+            self.prompt(q).replace(tok, self._placeholder(m), 1)
+            for q, m in zip(questions, modalities)
+        ]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if not self.virtual_tokens:
             return ids
@@ -97,9 +115,23 @@ class ChatCollator:
                 out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         return out
 
-    def encode_train(self, questions, answers, images) -> dict[str, torch.Tensor]:
-        """Right-padded batch; labels cover the answer and EOS only (prompt and image = -100)."""
-        prompt_ids = self._prompt_ids(questions)
+    def _inputs(self, images, samples) -> dict[str, torch.Tensor]:
+        """The non-text inputs: ``pixel_values``, or every modality's tensors (x-modal)."""
+        if self.modal is None:
+            return {"pixel_values": self._images(images)}
+        from mcl.models.xmodal import collate_modal
+
+        return collate_modal(self, samples)
+
+    def _modalities(self, samples) -> list[str] | None:
+        if self.modal is None or samples is None:
+            return None
+        return [s.get("modality") or "image" for s in samples]
+
+    def encode_train(self, questions, answers, images, samples=None) -> dict[str, torch.Tensor]:
+        """Right-padded batch; labels cover the answer and EOS only (prompt and image = -100).
+        ``samples`` (the decoded samples) are needed for non-image modalities."""
+        prompt_ids = self._prompt_ids(questions, self._modalities(samples))
         answers = [" " + a for a in answers]
         answer_ids = self.tokenizer(answers, add_special_tokens=False)["input_ids"]
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
@@ -109,20 +141,20 @@ class ChatCollator:
             "input_ids": self._pad(seqs, pad, left=False),
             "attention_mask": self._pad([[1] * len(s) for s in seqs], 0, left=False),
             "labels": self._pad(labels, IGNORE_INDEX, left=False),
-            "pixel_values": self._images(images),
+            **self._inputs(images, samples),
         }
         if self.virtual_tokens:
             masks = self._virtual_masks(prompt_ids, [len(s) for s in seqs])
             out["virtual_mask"] = self._pad(masks, 0, left=False).bool()
         return out
 
-    def encode_prompts(self, questions, images) -> dict[str, torch.Tensor]:
+    def encode_prompts(self, questions, images, samples=None) -> dict[str, torch.Tensor]:
         """Left-padded prompts for batched generation."""
-        ids = self._prompt_ids(questions)
+        ids = self._prompt_ids(questions, self._modalities(samples))
         out = {
             "input_ids": self._pad(ids, self.tokenizer.pad_token_id, left=True),
             "attention_mask": self._pad([[1] * len(s) for s in ids], 0, left=True),
-            "pixel_values": self._images(images),
+            **self._inputs(images, samples),
         }
         if self.virtual_tokens:
             masks = self._virtual_masks(ids, [len(s) for s in ids])
@@ -135,7 +167,10 @@ class ChatCollator:
         if not good:
             return {"n_skipped": torch.tensor(len(samples)), "skipped_examples": bad[:1]}
         batch = self.encode_train(
-            [s["question"] for s in good], [s["answer"] for s in good], [s["image"] for s in good]
+            [s["question"] for s in good],
+            [s["answer"] for s in good],
+            [s["image"] for s in good],
+            samples=good,
         )
         batch["n_skipped"] = torch.tensor(len(samples) - len(good))
         batch["skipped_examples"] = bad[:1]
@@ -143,7 +178,9 @@ class ChatCollator:
         return batch
 
     def prompt_batch(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        batch = self.encode_prompts([s["question"] for s in samples], [s["image"] for s in samples])
+        batch = self.encode_prompts(
+            [s["question"] for s in samples], [s["image"] for s in samples], samples=samples
+        )
         batch["questions"] = [s["question"] for s in samples]
         return batch
 
@@ -166,6 +203,12 @@ class MLLM(nn.Module):
         self.collator = ChatCollator(processor, image_seq_length)
         self.name = name
         self.info = info or {}
+        # non-image input modules (mcl.models.xmodal.attach_xmodal) and the routing state that
+        # modality-routed adapters read; both unused by image-only models
+        self.xmodal: nn.Module | None = None
+        from mcl.models.xmodal import Route
+
+        self.route = Route()
 
     # where each trainable "part" lives, by module-name suffix, per architecture family
     # (LLaVA: multi_modal_projector; Qwen2-VL: visual.merger; InternVL: mlp1)
@@ -195,19 +238,35 @@ class MLLM(nn.Module):
         alt = "|".join(re.escape(n) for n in names)
         return rf"(.*\.)?language_model\..*\.({alt})"
 
+    def _xmodal_inputs(self, batch: dict) -> dict:
+        """An x-modal batch as LM inputs: embeddings with every modality's features in place
+        (the route says, per row, which modality the sample is)."""
+        from mcl.models.xmodal import XMODAL_KEYS, embed
+
+        rest = {k: v for k, v in batch.items() if k not in XMODAL_KEYS and k != "pixel_values"}
+        rest.pop("input_ids")
+        return {"inputs_embeds": embed(self, batch), **rest}
+
     def forward(self, **batch):
-        return self.model(**batch)
+        if "modality_ids" not in batch:
+            return self.model(**batch)
+        with self.route.scope(ids=batch["modality_ids"].to(batch["input_ids"].device)):
+            return self.model(**self._xmodal_inputs(batch))
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], max_new_tokens: int = 8) -> list[str]:
         """Greedy decoding; returns the decoded answers without the prompt."""
-        out = self.model.generate(
-            **model_inputs(batch),
+        kw = dict(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )
-        new = out[:, batch["input_ids"].shape[1] :]
+        if "modality_ids" in batch:  # generation from embeddings returns the new tokens only
+            with self.route.scope(ids=batch["modality_ids"].to(batch["input_ids"].device)):
+                new = self.model.generate(**self._xmodal_inputs(model_inputs(batch)), **kw)
+        else:
+            out = self.model.generate(**model_inputs(batch), **kw)
+            new = out[:, batch["input_ids"].shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]

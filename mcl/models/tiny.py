@@ -256,10 +256,14 @@ def load_tiny_base(
     progress: bool = True,
     name: str = "tiny",
     benchmark_words: bool = True,
+    xmodal: dict | None = None,
 ) -> MLLM:
     """The pretrained tiny base (cached), with every synthetic twin's words added to its
-    vocabulary (``benchmark_words``; see :func:`extend_vocabulary`)."""
+    vocabulary (``benchmark_words``; see :func:`extend_vocabulary`). ``xmodal`` configures the
+    non-image input modules a benchmark with other modalities gets (attached by ``mcl.train``;
+    the base itself is pretrained on images only)."""
     mllm = _pretrained_base(text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, progress)
+    mllm.xmodal_cfg = xmodal
     if benchmark_words:
         from mcl.data import twins
 

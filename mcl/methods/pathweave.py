@@ -1,0 +1,149 @@
+"""PathWeave (Yu et al., NeurIPS 2024): modality-incremental learning with Adapter-in-Adapter.
+
+Spec: ``shared/specs/pathweave.md``. A vision LLM (frozen) learns one new modality per stage.
+
+- **Sites** (module-name patterns, ``re.fullmatch``): the connector's linears and the LM's
+  attention projections by default (PathWeave's X-InstructBLIP sites are its Q-Former's
+  attention linears and its LLM projection; LLaVA's connector is the MLP projector). At
+  ``sum_sites`` the path's experts are summed with no gate (PathWeave's LLM projection).
+- **Stage m** (a task whose modality is not a ``base_modalities`` one) adds path m at every
+  site (:class:`~mcl.adapters.ana.AnALinear`): A^m, an in-adapter F_i^m per earlier modality i,
+  and from the second new modality on a dense noisy gate G^m. It trains path m and the
+  modality's input module (``mllm.xmodal``); everything else is frozen, so every earlier path
+  is bit-identical afterwards. Plain LM loss: no replay, no distillation.
+- **Test time**: the input's modality picks its path, per sample (``mllm.route``); no task id.
+  Each path's parameters are its own (stored per modality), unlike the original code, which
+  retrained shared in-adapters and evaluated each modality with its own stage's checkpoint.
+- A stage of a ``base_modalities`` modality (image: the pretrained base) trains nothing; its
+  path is the frozen base.
+- ``faithful_to_code`` reproduces two quirks of the original: points (3-D) get no mixture at
+  ``quirk_v_sites`` (its cross-attention V), and video/audio bypass their ``sum_sites``
+  adapters in training (so those stay zero).
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from mcl.adapters.ana import AnALinear
+from mcl.methods.base import ContinualMethod
+
+
+class PathWeave(ContinualMethod):
+    def __init__(
+        self,
+        name: str = "pathweave",
+        sites: tuple[str, ...] = (
+            r".*multi_modal_projector\.linear_[12]",
+            r".*language_model\..*self_attn\.(q|k|v|o)_proj",
+        ),
+        sum_sites: tuple[str, ...] = (r".*multi_modal_projector\.linear_2",),
+        bottleneck: int = 8,
+        base_modalities: tuple[str, ...] = ("image",),
+        faithful_to_code: bool = False,
+        quirk_v_sites: tuple[str, ...] = (r".*self_attn\.v_proj",),
+        **kw,
+    ):
+        super().__init__(name=name, **kw)
+        self.sites, self.sum_sites = list(sites), list(sum_sites)
+        self.bottleneck, self.base_modalities = bottleneck, list(base_modalities)
+        self.faithful_to_code, self.quirk_v_sites = faithful_to_code, list(quirk_v_sites)
+        self.order: list[str] = []  # the new modalities, in the order their paths were added
+        self._stage: dict | None = None
+
+    # ------------------------------------------------------------------ model
+    def setup_model(self, mllm) -> None:
+        super().setup_model(mllm)
+        names = [
+            n
+            for n, m in mllm.model.named_modules()
+            if isinstance(m, nn.Linear) and any(re.fullmatch(p, n) for p in self.sites)
+        ]
+        if not names:
+            raise ValueError(f"no nn.Linear matches the sites {self.sites}; fix method.sites")
+        self.site_names = names
+        for n in names:
+            parent, _, child = n.rpartition(".")
+            owner = mllm.model.get_submodule(parent) if parent else mllm.model
+            gated = not any(re.fullmatch(p, n) for p in self.sum_sites)
+            setattr(owner, child, AnALinear(getattr(owner, child), mllm.route, self.bottleneck, gated))
+        self.keep_wrapped_base()
+        self.connector_params = sum(
+            p.numel() for m in mllm.part_modules("projector") for p in m.parameters()
+        )
+
+    def ana_modules(self) -> dict[str, AnALinear]:
+        return {n: self.mllm.model.get_submodule(n) for n in self.site_names}
+
+    def _add_path(self, m: str) -> None:
+        earlier = list(self.order)
+        for n, site in self.ana_modules().items():
+            site.add_path(m, earlier)
+            if self.faithful_to_code:
+                if m == "points" and any(re.fullmatch(p, n) for p in self.quirk_v_sites):
+                    site.skip[m] = "always"
+                if m in ("video", "audio") and not site.gated:
+                    site.skip[m] = "train"
+        self.order.append(m)
+
+    def _task_modality(self, task: int, dm=None) -> str:
+        dm = dm or self._dm
+        return dm.bench.tasks[task].get("modality", "image")
+
+    # ------------------------------------------------------------------ hooks
+    def on_task_start(self, task: int, dm) -> None:
+        super().on_task_start(task, dm)
+        m = self._task_modality(task, dm)
+        if m not in self.base_modalities and m not in self.order:
+            self._add_path(m)
+        self._stage = {"modality": m}
+        self.set_trainable()
+
+    def on_resume(self, finished_task: int) -> None:
+        for t in range(finished_task + 1):
+            m = self._task_modality(t)
+            if m not in self.base_modalities and m not in self.order:
+                self._add_path(m)
+
+    def path_names(self, m: str) -> set[str]:
+        prefix = "mllm.model."
+        return {
+            f"{prefix}{n}.{pn}"
+            for n, site in self.ana_modules().items()
+            if m in site.uni
+            for pn, _ in site.path_params(m)
+        }
+
+    def expected_trainable(self) -> set[str]:
+        m = (self._stage or {}).get("modality")
+        if m is None or m in self.base_modalities:
+            return super().expected_trainable() - self.modal_input_names()
+        return super().expected_trainable() | self.path_names(m)
+
+    @property
+    def trains(self) -> bool:  # a base-modality stage (image) has nothing to train
+        return bool(self.expected_trainable()) if self._stage else True
+
+    def task_info(self, task: int) -> dict:
+        m = (self._stage or {}).get("modality")
+        params = dict(self.named_parameters())
+        path = sum(params[n].numel() for n in self.path_names(m)) if m in self.order else 0
+        modal = sum(params[n].numel() for n in self.modal_input_names()) if path else 0
+        connector_sites = sum(
+            params[n].numel()
+            for n in self.path_names(m)
+            if "multi_modal_projector" in n
+        ) if path else 0  # fmt: skip
+        return {
+            "modality": m,
+            "paths": list(self.order),
+            "trained": m in self.order,
+            "path_params": path,
+            "path_params_connector_sites": connector_sites,
+            "modal_input_params": modal,
+            "connector_params": self.connector_params,
+            "path_share_of_connector_pct": round(100 * path / self.connector_params, 2),
+            "connector_sites_share_pct": round(100 * connector_sites / self.connector_params, 2),
+        }
