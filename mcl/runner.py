@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from mcl.eval.metrics import continual_metrics, instruction_metrics
+from mcl.eval.metrics import continual_metrics, instruction_metrics, stage_metrics
 from mcl.eval.report import matrix_table, plot_matrix, write_matrix_csv
 from mcl.eval.scorers import format_ok, score_records, task_modes
 from mcl.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -303,6 +303,9 @@ class ContinualRunner:
             },
             "skipped": self.dm.skipped,
             "metrics": metrics,
+            "per_stage": [
+                {"task": t, **s} for t, s in zip(self.bench.task_names, stage_metrics(self.matrix))
+            ],
             "params": self.params,
             "method_info": self.method_info,
             "method_eval": self.method_eval,

@@ -123,3 +123,20 @@ def test_all_values_json_safe():
 def test_bad_shapes_raise(bad):
     with pytest.raises(ValueError):
         continual_metrics(bad)
+
+
+def test_stage_metrics_by_hand():
+    from mcl.eval.metrics import stage_metrics
+
+    m = [
+        [0, 0, 0],
+        [80, 10, None],  # stage 1: learns task 1
+        [60, 90, 5],  # stage 2: task 1 drops 20
+        [40, 70, 50],  # stage 3: task 1 drops 20, task 2 drops 20
+    ]
+    got = stage_metrics(m)
+    assert [s["transfer"] for s in got] == [80, 90, 50]
+    assert got[0]["forgetting"] is None
+    assert got[1]["forgetting"] == pytest.approx(20) and got[2]["forgetting"] == pytest.approx(20)
+    m[3][0] = None  # a missing cell is skipped, not read as 0
+    assert stage_metrics(m)[2]["forgetting"] == pytest.approx(20)

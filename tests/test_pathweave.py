@@ -188,7 +188,9 @@ def test_training_a_modality_leaves_earlier_modalities_bit_identical(pw):
     after_image, _ = _logits(method, samples)
     _train(method, dm, 1)  # video: its input module, A^video, F_image^video, G^video
     names = method.expected_trainable()
-    assert any(".gate.video." in n for n in names) and any(".inner.image__video." in n for n in names)
+    assert any(".gate.video." in n for n in names) and any(
+        ".inner.image__video." in n for n in names
+    )
     assert any(".xmodal.inputs.video." in n for n in names)
     assert not any(".uni.image." in n for n in names)
     after_video, _ = _logits(method, samples)
@@ -221,8 +223,8 @@ def test_a_base_modality_stage_trains_nothing(tmp_path):
 
 
 def test_faithful_to_code_quirks(tmp_path):
-    runner = build(compose_cfg(tmp_path, [*MCL, "method=pathweave", "method.faithful_to_code=true"]),
-                   tmp_path / "run")  # fmt: skip
+    over = [*MCL, "method=pathweave", "method.faithful_to_code=true"]
+    runner = build(compose_cfg(tmp_path, over), tmp_path / "run")
     method, dm = runner.method, runner.dm
     for t in range(5):
         method.on_task_start(t, dm)

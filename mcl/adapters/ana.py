@@ -90,7 +90,9 @@ class AnALinear(nn.Module):
         """Path ``m``'s own parameters (what stage m trains): A^m, F_·^m, G^m."""
         out = [(f"uni.{m}.{n}", p) for n, p in self.uni[m].named_parameters()]
         for i in self.earlier[m]:
-            out += [(f"inner.{i}__{m}.{n}", p) for n, p in self.inner[f"{i}__{m}"].named_parameters()]
+            out += [
+                (f"inner.{i}__{m}.{n}", p) for n, p in self.inner[f"{i}__{m}"].named_parameters()
+            ]
         if m in self.gate:
             out += [(f"gate.{m}.{n}", p) for n, p in self.gate[m].named_parameters()]
         return out

@@ -13,9 +13,10 @@ sample's *native payload* plus a ground-truth ``info`` dict:
 - points: ``float32 [N, 3]``, N in [256, 1024], on a sphere, cube, cylinder, cone or torus with a
   random rotation, scale, offset and Gaussian noise.
 
-:func:`as_image` turns any payload into the 48x48 RGB view that image-only models consume (until
-per-modality encoders exist). Every renderer keeps the world's one rule: a 16 px cell is one
-vision-tower patch, so what a question asks about must show up as *which patches* hold *what*.
+:func:`as_image` turns any payload into the 48x48 RGB view that image-only models consume
+(models with x-modal input modules, ``mcl.models.xmodal``, read the native payload instead).
+Every renderer keeps the world's one rule: a 16 px cell is one vision-tower patch, so what a
+question asks about must show up as *which patches* hold *what*.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ CONVENTIONS = {
     "fwt": "mean_{j=2..T} (A[j-1][j] - A[0][j])",
     "plasticity": "mean_j A[j][j] (MFT)",
     "unseen": "mean_u U[T][u] over unseen tasks; unseen_per_row gives it for every row",
+    "per_stage": "per task m: transfer T_m = A[m][m]; forgetting F_m = mean_{j<m} "
+    "(A[m-1][j] - A[m][j]), the drop stage m caused (PathWeave's per-modality view)",
     "aliases": "MFN = AP = last; MAA = MAP = maa; MFT = plasticity (MCITlib, SMoLoRA names)",
 }
 
@@ -54,6 +56,17 @@ def _clean(matrix: Sequence[Sequence[float | None]]) -> list[list[float | None]]
     if any(len(row) != len(rows[0]) for row in rows):
         raise ValueError("every matrix row must have the same number of cells")
     return rows
+
+
+def stage_metrics(matrix: Sequence[Sequence[float | None]]) -> list[dict]:
+    """Per stage m = 1..T: ``transfer`` (A[m][m], the score on the task just learned) and
+    ``forgetting`` (mean drop on the earlier tasks that stage m caused; None for m = 1)."""
+    A = _clean(matrix)
+    out = []
+    for m in range(1, len(A)):
+        drops = [_diff(A[m - 1][j], A[m][j]) for j in range(m - 1)]
+        out.append({"transfer": A[m][m - 1], "forgetting": _mean(drops)})
+    return out
 
 
 def continual_metrics(

@@ -68,10 +68,16 @@ class PathWeave(ContinualMethod):
             parent, _, child = n.rpartition(".")
             owner = mllm.model.get_submodule(parent) if parent else mllm.model
             gated = not any(re.fullmatch(p, n) for p in self.sum_sites)
-            setattr(owner, child, AnALinear(getattr(owner, child), mllm.route, self.bottleneck, gated))
+            setattr(
+                owner, child, AnALinear(getattr(owner, child), mllm.route, self.bottleneck, gated)
+            )
         self.keep_wrapped_base()
         self.connector_params = sum(
             p.numel() for m in mllm.part_modules("projector") for p in m.parameters()
+        )
+        # what fully tuning the wrapped layers would train (the adapters' reference point)
+        self.site_params = sum(
+            p.numel() for s in self.ana_modules().values() for p in s.base.parameters()
         )
 
     def ana_modules(self) -> dict[str, AnALinear]:
@@ -144,6 +150,8 @@ class PathWeave(ContinualMethod):
             "path_params_connector_sites": connector_sites,
             "modal_input_params": modal,
             "connector_params": self.connector_params,
+            "site_params": self.site_params,
+            "path_share_of_sites_pct": round(100 * path / self.site_params, 2),
             "path_share_of_connector_pct": round(100 * path / self.connector_params, 2),
             "connector_sites_share_pct": round(100 * connector_sites / self.connector_params, 2),
         }

@@ -35,7 +35,13 @@ MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}
 FRAME_MODALITIES = ("video", "depth")
 # the modality cue before each input; the image cue is empty because the tiny base was
 # pretrained without one (PathWeave's X-InstructBLIP base used " image: ")
-DEFAULT_CUES = {"image": "", "video": "video:", "audio": "audio:", "depth": "depth:", "points": "3d:"}
+DEFAULT_CUES = {
+    "image": "",
+    "video": "video:",
+    "audio": "audio:",
+    "depth": "depth:",
+    "points": "3d:",
+}
 
 
 class Route:
@@ -94,9 +100,12 @@ def log_mel(wave: np.ndarray, n_mels: int = 40, n_fft: int = 400, hop: int = 160
     x = torch.as_tensor(np.asarray(wave, np.float32))
     if len(x) < n_fft:
         x = torch.nn.functional.pad(x, (0, n_fft - len(x)))
-    spec = torch.stft(
-        x, n_fft, hop, window=torch.hann_window(n_fft), center=False, return_complex=True
-    ).abs() ** 2
+    spec = (
+        torch.stft(
+            x, n_fft, hop, window=torch.hann_window(n_fft), center=False, return_complex=True
+        ).abs()
+        ** 2
+    )
     m = torch.log(mel_filterbank(n_fft, n_mels, SAMPLE_RATE) @ spec + 1e-6)
     return (m - m.mean()) / (m.std() + 1e-5)
 
@@ -269,7 +278,12 @@ def embed(mllm, batch: dict) -> torch.Tensor:
 
 
 # batch key of each non-image modality's input tensor
-MODAL_KEYS = {"video": "video_frames", "audio": "audio_mel", "depth": "depth_frames", "points": "points"}
+MODAL_KEYS = {
+    "video": "video_frames",
+    "audio": "audio_mel",
+    "depth": "depth_frames",
+    "points": "points",
+}
 XMODAL_KEYS = ("modality_ids", *MODAL_KEYS.values())
 
 
