@@ -21,8 +21,16 @@ from tests.conftest import MICRO, compose_cfg  # noqa: E402
 
 ALL = (
     "zero_shot,seq_lora,seq_ft,replay,ewc,mas,lwf,moelora,olora,joint,eproj,tir_ewc,smolora,"
-    "dmole,fwd_prompt"
+    "dmole,fwd_prompt,pathweave"
 )
+# methods that need another benchmark than MICRO's image tasks (x-modal inputs: bench=mcl)
+BENCH = {
+    "pathweave": [
+        "bench=mcl", "bench.tasks=[image,video,audio,depth,3d]", "bench.synthetic.train=64",
+        "bench.synthetic.test=16",
+        "bench.synthetic.shard_size=64", "bench.unseen=[]",
+    ],
+}  # fmt: skip
 
 
 def main() -> int:
@@ -35,7 +43,7 @@ def main() -> int:
     failed = 0
     tmp = Path(tempfile.mkdtemp())
     for m in a.methods.split(","):
-        over = [*MICRO, f"method={m}", "hardware.accelerator=gpu"]
+        over = [*MICRO, *BENCH.get(m, []), f"method={m}", "hardware.accelerator=gpu"]
         over += [f"hardware.precision={a.precision}"]
         over += [f"paths.cache_dir={tmp}/cache", f"paths.data_dir={tmp}/data"]
         t0 = time.time()

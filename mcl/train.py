@@ -117,6 +117,7 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
             "(every payload rendered as an image) or pick another method"
         )
     try:  # a method that cannot fit this model (targets, budgets) says so in one line
+        method.check_bench(bench)
         method.setup_model(mllm)
     except ValueError as e:
         raise ConfigError(f"method {cfg.method.name}: {e}") from None
@@ -158,7 +159,10 @@ def attach_modalities(mllm, bench) -> None:
         from mcl.data.world_av import MODALITIES
         from mcl.models.xmodal import attach_xmodal
 
-        attach_xmodal(mllm, [m for m in MODALITIES if m in wanted], xcfg)
+        try:
+            attach_xmodal(mllm, [m for m in MODALITIES if m in wanted], xcfg)
+        except ValueError as e:
+            raise ConfigError(f"bench {bench.name}: {e}") from None
 
 
 def _container(value):

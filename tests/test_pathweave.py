@@ -243,6 +243,18 @@ def test_faithful_to_code_quirks(tmp_path):
         assert not torch.allclose(site(x), site.base(x))
 
 
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        (["bench=synth"], "only image tasks; use a modality-incremental bench"),
+        (["model.xmodal.enabled=false"], "needs the model's x-modal input modules"),
+    ],
+)
+def test_pathweave_refuses_what_it_cannot_run(tmp_path, over, message):
+    with pytest.raises(ConfigError, match=message):
+        build(compose_cfg(tmp_path, [*MCL, "method=pathweave", *over]), tmp_path / "run")
+
+
 def test_image_only_methods_refuse_xmodal_benchmarks(tmp_path):
     with pytest.raises(ConfigError, match="reads images only.*model.xmodal.enabled=false"):
         build(compose_cfg(tmp_path, [*MCL, "method=eproj"]), tmp_path / "run")
@@ -267,3 +279,28 @@ def test_end_to_end_with_resume(tmp_path):
     (crashed / "results.json").write_text(json.dumps(partial))
     resumed = run(compose_cfg(tmp_path / "b", [*over, "resume=true"]), crashed)
     assert resumed["matrix"] == json.loads(json.dumps(full["matrix"]))
+
+
+def test_mixed_modality_forward_in_bfloat16(tmp_path):
+    """bf16-true precision: the x-modal modules follow the model's dtype."""
+    runner = build(compose_cfg(tmp_path, [*MCL, "method=pathweave"]), tmp_path / "run")
+    method, dm = runner.method, runner.dm
+    method.on_task_start(1, dm)
+    method.to(torch.bfloat16).eval()
+    samples = [s for name in dm.bench.task_names for s in dm.test_samples(name)[:1]]
+    batch = method.mllm.collator.train_batch(samples)
+    batch = {k: v.to(torch.bfloat16) if torch.is_floating_point(v) else v
+             for k, v in batch.items() if torch.is_tensor(v)}  # fmt: skip
+    with torch.no_grad():
+        out = method.mllm(**method.model_inputs(batch))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+
+
+def test_non_llava_models_get_a_clear_error():
+    from types import SimpleNamespace
+
+    from mcl.models.xmodal import attach_xmodal
+
+    fake = SimpleNamespace(model=torch.nn.Linear(2, 2), info={})
+    with pytest.raises(ValueError, match="LLaVA-family.*model.xmodal.enabled=false"):
+        attach_xmodal(fake, ["video"])

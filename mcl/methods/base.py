@@ -89,6 +89,10 @@ class ContinualMethod(L.LightningModule):
         for n, p in self.named_parameters():
             p.requires_grad = n in want
 
+    def check_bench(self, bench) -> None:
+        """Raise ValueError (one line: the problem and the fix) when the method cannot run on
+        ``bench`` (``mcl.train`` reports it as a config error before anything trains)."""
+
     def bind_data(self, dm) -> None:
         """The runner hands over the DataModule before anything runs (row 0 included), for
         methods that read data outside a task's training (task embeddings, type tables)."""

@@ -54,7 +54,20 @@ class PathWeave(ContinualMethod):
         self._stage: dict | None = None
 
     # ------------------------------------------------------------------ model
+    def check_bench(self, bench) -> None:
+        mods = {t.get("modality", "image") for t in bench.tasks}
+        if len(mods - set(self.base_modalities)) < 1 or len(mods) < 2:
+            raise ValueError(
+                f"PathWeave learns one modality per stage, but bench {bench.name} has only "
+                f"{', '.join(sorted(mods))} tasks; use a modality-incremental bench (bench=mcl)"
+            )
+
     def setup_model(self, mllm) -> None:
+        if getattr(mllm, "xmodal", None) is None:
+            raise ValueError(
+                "PathWeave routes each sample by its modality and needs the model's x-modal "
+                "input modules; set model.xmodal.enabled=true"
+            )
         super().setup_model(mllm)
         names = [
             n

@@ -258,12 +258,13 @@ def embed(mllm, batch: dict) -> torch.Tensor:
             h = tower_features(model, x)
         elif m in FRAME_MODALITIES:
             b, f = x.shape[:2]
-            h = xm.inputs[m](tower_features(model, x.flatten(0, 1)).unflatten(0, (b, f)))
+            h = tower_features(model, x.flatten(0, 1)).unflatten(0, (b, f))
+            h = xm.inputs[m](h.to(xm.inputs[m].proj.weight.dtype))
         else:
             p = next(xm.inputs[m].parameters())
             h = xm.inputs[m](x.to(p.device, p.dtype))
         with mllm.route.scope(const=MODALITY_INDEX[m]):
-            h = projector(h)
+            h = projector(h.to(next(projector.parameters()).dtype))
         for j, r in enumerate(rows):
             feats[r] = h[j]
     mask = ids == model.config.image_token_id
@@ -293,6 +294,11 @@ def attach_xmodal(mllm, modalities: list[str], cfg: dict | None = None) -> None:
     method starts from the same modules."""
     cfg = dict(cfg or {})
     model = mllm.model
+    if not hasattr(getattr(model, "model", None), "multi_modal_projector"):
+        raise ValueError(
+            f"x-modal inputs need a LLaVA-family model (vision tower + multi_modal_projector); "
+            f"{type(model).__name__} has none: set model.xmodal.enabled=false"
+        )
     vcfg = model.config.vision_config
     d = vcfg.hidden_size
     patches = mllm.collator.image_seq_length
@@ -300,7 +306,7 @@ def attach_xmodal(mllm, modalities: list[str], cfg: dict | None = None) -> None:
         torch.manual_seed(int(cfg.get("seed", 0)))
         xm = XModal([m for m in modalities if m != "image"], d, patches, cfg)
     p = next(model.parameters())
-    mllm.xmodal = xm.to(p.device)
+    mllm.xmodal = xm.to(p.device, p.dtype)
     cues = {**DEFAULT_CUES, **(cfg.get("cues") or {})}
     mllm.collator.set_modal(
         tokens=xm.tokens,
