@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from mcl.eval.metrics import continual_metrics, instruction_metrics, stage_metrics
@@ -206,10 +206,9 @@ class ContinualRunner:
     def save_task(self, t: int) -> None:
         d = self._ckpt_dir(t)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "adapters.safetensors.tmp"
-        save_file(self.method.adapter_state(), str(tmp))
-        atomic_write_bytes(d / "adapters.safetensors", tmp.read_bytes())
-        tmp.unlink()
+        # serialised in memory, then one atomic write: a full disk leaves no partial file, and
+        # state.json (what resume looks for) is written only after the tensors are in place
+        atomic_write_bytes(d / "adapters.safetensors", save(self.method.adapter_state()))
         atomic_write_json(d / "state.json", self.state_dict(t))
 
     def state_dict(self, t: int) -> dict:

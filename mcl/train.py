@@ -6,6 +6,7 @@ print the accuracy matrix. Everything else lives in the layers below.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -26,6 +27,16 @@ from mcl.eval.scorers import task_modes
 from mcl.runner import ContinualRunner, find_resumable
 
 USER_ERRORS = (ConfigError, BenchmarkError, DataError, FileNotFoundError)
+
+
+def user_error(e: BaseException) -> str | None:
+    """The one-line message for an error the user can fix (bad config, data, a full disk), or
+    None for a bug (which keeps its traceback)."""
+    if isinstance(e, USER_ERRORS):
+        return str(e)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return f"{e.strerror or e}; finished tasks are kept, rerun with resume=true"
+    return None
 
 
 def quiet_libraries() -> None:
@@ -187,8 +198,11 @@ def main(cfg: DictConfig) -> float | None:
     out_dir = Path(cfg.paths.output_dir or HydraConfig.get().runtime.output_dir)
     try:
         results = run(cfg, out_dir)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (*USER_ERRORS, OSError) as e:
+        msg = user_error(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
     return results["metrics"]["last"]  # what a Hydra sweeper would optimise
 

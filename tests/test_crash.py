@@ -1,0 +1,94 @@
+"""Crashes that must lose nothing finished: ``python -m mcl.train`` killed with SIGKILL during
+task 3 of 4, and a disk that fills up while a checkpoint is written. In both, the same command
+with ``resume=true`` must end with the matrix of an uninterrupted run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import mcl.runner as runner_mod
+from mcl.train import run, user_error
+from tests.conftest import MICRO, compose_cfg
+
+FOUR = [o for o in MICRO if not o.startswith("bench.tasks")] + [
+    "bench.tasks=[color,count,position,ocr]",
+    "train.steps=30",  # long enough to be killed inside task 3
+]
+
+
+def _cmd(root: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "mcl.train", *FOUR, *extra,
+        f"paths.log_dir={root}/logs", f"paths.data_dir={root}/data",
+        f"paths.cache_dir={root}/cache", f"hydra.run.dir={out}", "progress=false",
+    ]  # fmt: skip
+
+
+def test_sigkill_during_task_3_then_resume_gives_the_same_matrix(tmp_path):
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    full_dir = tmp_path / "full"
+    subprocess.run(_cmd(tmp_path, full_dir), check=True, env=env, capture_output=True)
+    full = json.loads((full_dir / "results.json").read_text())
+
+    out = tmp_path / "crashed"
+    proc = subprocess.Popen(
+        _cmd(tmp_path, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    done2 = out / "checkpoints" / "task01" / "state.json"
+    deadline = time.time() + 600
+    while not done2.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert done2.exists(), "the run never finished task 2"
+    time.sleep(1.0)  # inside task 3's training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "checkpoints" / "task02").exists()  # it died during task 3
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["complete"] is False and partial["matrix"][3] == [None] * 4
+
+    # the same command with resume=true continues from task 3
+    subprocess.run(_cmd(tmp_path, out, "resume=true"), check=True, env=env, capture_output=True)
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["complete"] is True
+    assert resumed["matrix"] == full["matrix"]
+
+
+def test_a_full_disk_while_checkpointing_keeps_finished_work_and_resumes(tmp_path, monkeypatch):
+    over = [*MICRO, "bench.tasks=[color,count,position]"]
+    cfg = compose_cfg(tmp_path / "a", over)
+    full = run(cfg, Path(cfg.paths.output_dir))
+
+    real = runner_mod.atomic_write_bytes
+
+    def disk_full_at_task_2(path, data):
+        if "task01" in str(path):
+            raise OSError(errno.ENOSPC, f"no space left on device while writing {path}")
+        return real(path, data)
+
+    monkeypatch.setattr(runner_mod, "atomic_write_bytes", disk_full_at_task_2)
+    cfg = compose_cfg(tmp_path / "b", over)
+    out = Path(cfg.paths.output_dir)
+    with pytest.raises(OSError) as info:
+        run(cfg, out)
+    msg = user_error(info.value)
+    assert msg.startswith("no space left on device while writing") and "\n" not in msg
+    assert "resume=true" in msg
+    # what finished survives, intact; nothing half-written is left for resume to trip on
+    assert (out / "checkpoints" / "task00" / "state.json").exists()
+    assert not list((out / "checkpoints" / "task01").glob("*"))
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["complete"] is False and partial["matrix"][1] == full["matrix"][1]
+
+    monkeypatch.undo()  # space freed
+    resumed = run(compose_cfg(tmp_path / "b", [*over, "resume=true"]), out)
+    assert resumed["matrix"] == json.loads(json.dumps(full["matrix"]))
