@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -55,6 +57,25 @@ class _SkipCounter(L.Callback):
         self.dm.check_bad_share(self.dm.bench.task_names[self.dm.task], "train", self.seen)
 
 
+class _MidTaskCheckpoint(L.Callback):
+    """Every ``every`` optimizer steps, the Lightning checkpoint of the running task (the
+    method's non-base tensors, optimizer, scheduler, loop progress) as ``last.ckpt``, written
+    to a temporary file and renamed, so a crash leaves the previous one intact."""
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every = path, every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step and step % self.every == 0 and step != getattr(self, "_last", None):
+            self._last = step
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".ckpt.tmp")
+            trainer.save_checkpoint(tmp)
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+
+
 class ContinualRunner:
     def __init__(
         self,
@@ -71,6 +92,7 @@ class ContinualRunner:
         meta: dict | None = None,
         scorer_mode: str | dict = "strict",
         scorer_presets: dict | None = None,
+        checkpoint_every: int | None = None,
     ):
         self.method, self.dm = method, datamodule
         method.bind_data(datamodule)
@@ -89,6 +111,8 @@ class ContinualRunner:
             raise ValueError("set a per-task budget: train.steps or train.epochs")
         self.seed, self.loggers, self.resume, self.progress = seed, loggers or [], resume, progress
         self.meta = meta or {}
+        # mid-task checkpoints every this many optimizer steps (None: task boundaries only)
+        self.checkpoint_every = checkpoint_every
         T = len(self.bench.tasks)
         self.matrix: list[list[float | None]] = [[None] * T for _ in range(T + 1)]
         self.unseen: list[list[float | None]] = [
@@ -151,7 +175,13 @@ class ContinualRunner:
         self.timings["eval_s"].append(round(time.time() - t0, 2))
 
     # ------------------------------------------------------------------ training
-    def build_trainer(self) -> L.Trainer:
+    def _partial_ckpt(self, t: int) -> Path:
+        return self.out / "checkpoints" / f"task{t:02d}-partial" / "last.ckpt"
+
+    def build_trainer(self, t: int | None = None) -> L.Trainer:
+        extra = []
+        if self.checkpoint_every and t is not None:
+            extra.append(_MidTaskCheckpoint(self._partial_ckpt(t), self.checkpoint_every))
         kw = dict(
             logger=self.loggers or False,
             enable_checkpointing=False,
@@ -159,7 +189,7 @@ class ContinualRunner:
             enable_progress_bar=self.progress,
             num_sanity_val_steps=0,
             limit_val_batches=0,
-            callbacks=[*self.method.callbacks(), _SkipCounter(self.dm)]
+            callbacks=[*self.method.callbacks(), _SkipCounter(self.dm), *extra]
             + ([TQDMProgressBar(refresh_rate=20)] if self.progress else []),
             log_every_n_steps=10,
             **self.trainer_kwargs,
@@ -189,8 +219,13 @@ class ContinualRunner:
         t0 = time.time()
         if self.method.trains:
             self.method.train()  # evaluation left it in eval mode
-            trainer = self.build_trainer()
-            trainer.fit(self.method, datamodule=self.dm)
+            trainer = self.build_trainer(t)
+            partial = self._partial_ckpt(t)
+            # a run that died inside this task continues from its last mid-task checkpoint
+            ckpt = str(partial) if self.resume and partial.exists() else None
+            if ckpt:
+                print(f"[mcl] resuming task {t} from its mid-task checkpoint {partial}")
+            trainer.fit(self.method, datamodule=self.dm, ckpt_path=ckpt, weights_only=True)
             self.global_step += trainer.global_step
         self.timings["train_s"].append(round(time.time() - t0, 2))
         self.method.on_task_end(t, self.dm)
@@ -263,6 +298,7 @@ class ContinualRunner:
             self.evaluate_row(t + 1, cols)
             self.save_task(t)
             self.write_report(partial=t < T - 1)
+            shutil.rmtree(self._partial_ckpt(t).parent, ignore_errors=True)
         self.timings["total_s"] = round(time.time() - t_start, 2)
         return self.write_report(partial=False)
 

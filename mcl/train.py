@@ -158,6 +158,7 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
         meta={"config": config, "model_info": mllm.info},
         scorer_mode=scorer_mode,
         scorer_presets=presets,
+        checkpoint_every=cfg.train.get("checkpoint_every"),
     )
 
 

@@ -57,6 +57,8 @@ class ContinualMethod(L.LightningModule):
         self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
         self.mllm: MLLM | None = None
         self.current_task: int | None = None
+        # mid-task Lightning checkpoints hold only what adapter_state() holds (not the base)
+        self.strict_loading = False
         self._dm = None  # set by bind_data
 
     # ------------------------------------------------------------------ hooks
@@ -237,6 +239,10 @@ class ContinualMethod(L.LightningModule):
             or k.startswith("mllm.xmodal.")  # trained per modality, so always saved
             or (k not in base and k.replace(".base_layer", "") not in base)
         }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """A mid-task checkpoint: the frozen base stays out (it would be the whole model)."""
+        checkpoint["state_dict"] = self.adapter_state()
 
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
         missing = [k for k in state if k not in self.state_dict()]
