@@ -105,6 +105,19 @@ def _instantiate_method(spec: DictConfig):
         raise ConfigError(msg) from cause
 
 
+def _instantiate_model(spec: DictConfig):
+    """The model; a missing checkpoint or a bad option is one line (Hydra wraps the cause)."""
+    try:
+        return instantiate(spec)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, FileNotFoundError):
+            raise ConfigError(f"model {spec.get('name')}: {cause}") from None
+        if isinstance(cause, ValueError):
+            raise ConfigError(f"model {spec.get('name')}: {cause}; fix conf/model") from None
+        raise
+
+
 def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
     """Everything the run needs, from a composed config."""
     quiet_libraries()
@@ -118,7 +131,7 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
         )
     except ValueError as e:
         raise ConfigError(f"bench.scorer_mode: {e}") from None
-    mllm = instantiate(cfg.model)
+    mllm = _instantiate_model(cfg.model)
     attach_modalities(mllm, bench)
     method = _instantiate_method(cfg.method)
     if mllm.xmodal is not None and getattr(method, "image_only", False):
