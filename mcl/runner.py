@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
@@ -62,13 +63,39 @@ class _MidTaskCheckpoint(L.Callback):
     method's non-base tensors, optimizer, scheduler, loop progress) as ``last.ckpt``, written
     to a temporary file and renamed, so a crash leaves the previous one intact."""
 
-    def __init__(self, path: Path, every: int):
-        self.path, self.every = path, every
+    def __init__(self, path: Path, every: int, dm):
+        self.path, self.every, self.dm = path, every, dm
+        self._where: dict = {}
+        self._rng: torch.Tensor | None = None
+        self._drawn = self._skip = 0  # samples drawn in the current epoch (incl. skipped ones)
+
+    # where the data stream and the RNG stood: restored so the rest of the task is the same
+    def state_dict(self) -> dict:
+        return self._where
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, drawn = int(state["epoch"]), int(state["drawn"])
+        self.dm.resume_at = (epoch, drawn)
+        self._rng, self._skip = state["rng"], drawn
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._rng is not None:
+            torch.set_rng_state(self._rng)
+            self._rng = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._drawn, self._skip = self._skip, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._drawn += int(batch["n_skipped"]) + len(batch.get("input_ids", ()))
         step = trainer.global_step
         if step and step % self.every == 0 and step != getattr(self, "_last", None):
             self._last = step
+            self._where = {
+                "epoch": trainer.current_epoch,
+                "drawn": self._drawn,
+                "rng": torch.get_rng_state(),
+            }
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".ckpt.tmp")
             trainer.save_checkpoint(tmp)
@@ -181,7 +208,7 @@ class ContinualRunner:
     def build_trainer(self, t: int | None = None) -> L.Trainer:
         extra = []
         if self.checkpoint_every and t is not None:
-            extra.append(_MidTaskCheckpoint(self._partial_ckpt(t), self.checkpoint_every))
+            extra.append(_MidTaskCheckpoint(self._partial_ckpt(t), self.checkpoint_every, self.dm))
         kw = dict(
             logger=self.loggers or False,
             enable_checkpointing=False,

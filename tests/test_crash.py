@@ -99,31 +99,41 @@ def test_resume_inside_a_task_from_its_mid_task_checkpoint(tmp_path, monkeypatch
 
     from mcl.methods.base import ContinualMethod
 
-    over = [*MICRO, "train.steps=12", "train.checkpoint_every=4"]
-    cfg = compose_cfg(tmp_path, over)
+    # 128 samples / batch 8 = 16 steps an epoch: the checkpoint at step 20 is inside epoch 2
+    over = [*MICRO, "train.steps=24", "train.checkpoint_every=4"]
+    cfg = compose_cfg(tmp_path / "a", over)
+    full = run(cfg, Path(cfg.paths.output_dir))
+
+    cfg = compose_cfg(tmp_path / "b", over)
     out = Path(cfg.paths.output_dir)
     real = ContinualMethod.training_step
     calls = []
 
-    def dies_at_step_10_of_task_2(self, batch, i):
-        if self.current_task == 1 and self.trainer.global_step == 10 and not calls:
+    def dies_at_step_22_of_task_2(self, batch, i):
+        if self.current_task == 1 and self.trainer.global_step == 22 and not calls:
             raise RuntimeError("power cut")
         if calls:
             calls.append((self.current_task, self.trainer.global_step))
         return real(self, batch, i)
 
-    monkeypatch.setattr(ContinualMethod, "training_step", dies_at_step_10_of_task_2)
+    monkeypatch.setattr(ContinualMethod, "training_step", dies_at_step_22_of_task_2)
     with pytest.raises(RuntimeError, match="power cut"):
         run(cfg, out)
     ckpt = out / "checkpoints" / "task01-partial" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=True)  # loadable without unpickling code
-    assert saved["global_step"] == 8
+    assert saved["global_step"] == 20
     assert saved["state_dict"] and all("lora_" in k for k in saved["state_dict"])  # no base
     assert not (out / "checkpoints" / "task01" / "state.json").exists()
 
     calls.append("resumed")
-    resumed = run(compose_cfg(tmp_path, [*over, "resume=true"]), out)
+    resumed = run(compose_cfg(tmp_path / "b", [*over, "resume=true"]), out)
     assert "resuming task 1 from its mid-task checkpoint" in capsys.readouterr().out
-    assert calls[1:] == [(1, s) for s in range(8, 12)]  # only the last 4 steps
-    assert resumed["complete"] and all(v is not None for v in resumed["matrix"][2])
+    assert calls[1:] == [(1, s) for s in range(20, 24)]  # only the last 4 steps ran again
+    # same data, same RNG from step 20 on: the weights and matrix of an uninterrupted run
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "a" / "run" / "checkpoints" / "task01" / "adapters.safetensors"))
+    b = load_file(str(out / "checkpoints" / "task01" / "adapters.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["matrix"] == json.loads(json.dumps(full["matrix"]))
     assert not ckpt.parent.exists()  # removed once the task's own checkpoint is written

@@ -38,8 +38,8 @@ class _EpochShuffle:
     ``shuffle(seed=)`` repeats the same order each epoch). Needs persistent workers to count
     epochs inside worker processes."""
 
-    def __init__(self, seed: int, bufsize: int = 0):
-        self.seed, self.bufsize, self.epoch = seed, bufsize, -1
+    def __init__(self, seed: int, bufsize: int = 0, start_epoch: int = 0):
+        self.seed, self.bufsize, self.epoch = seed, bufsize, start_epoch - 1
 
     def _rng(self) -> random.Random:
         info = get_worker_info()
@@ -63,6 +63,20 @@ class _EpochShuffle:
                 yield buf.pop()
         rng.shuffle(buf)
         yield from buf
+
+
+class _Skip:
+    """Drop the first ``n`` samples of the first pass only (a run resumed inside an epoch
+    continues where it stopped; undecoded, so skipping is cheap)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, src):
+        n, self.n = self.n, 0
+        for i, item in enumerate(src):
+            if i >= n:
+                yield item
 
 
 class DataError(RuntimeError):
@@ -158,6 +172,9 @@ class ContinualDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.task: int | None = None
+        # (epoch, samples already drawn in it): where the next train_dataloader() starts, set
+        # by a mid-task checkpoint's restore; used once
+        self.resume_at: tuple[int, int] | None = None
         self._test_cache: dict[str, list[dict]] = {}
 
     # ------------------------------------------------------------------ training
@@ -223,14 +240,15 @@ class ContinualDataModule(L.LightningDataModule):
     def train_urls(self, t: int) -> list[str]:
         return [str(p) for p in self.bench.shard_paths(self.bench.tasks[t], "train")]
 
-    def _stream(self, urls: list[str], seed: int) -> wds.DataPipeline:
+    def _stream(self, urls: list[str], seed: int, epoch: int = 0, skip: int = 0):
         return wds.DataPipeline(
             wds.SimpleShardList(urls),
             wds.split_by_node,
             wds.split_by_worker,
-            _EpochShuffle(seed),
+            _EpochShuffle(seed, start_epoch=epoch),
             wds.tarfile_to_samples(handler=_skip_tar_errors),
-            _EpochShuffle(seed + 1, self.shuffle_buffer),
+            _EpochShuffle(seed + 1, self.shuffle_buffer, start_epoch=epoch),
+            _Skip(skip),
             wds.map(_decode_or_mark),
         )
 
@@ -247,9 +265,16 @@ class ContinualDataModule(L.LightningDataModule):
         sizes = [self.part_size(j, part) for j, part in mix.items()]
         per_worker = math.ceil(sum(sizes) / world / max(1, workers))
         seed = self.seed * 1000 + self.task
+        epoch, skip = self.resume_at or (0, 0)
+        self.resume_at = None
+        if (epoch or skip) and (workers or len(mix) > 1 or world > 1):
+            print(
+                "[mcl] resuming inside a task: with workers, several processes or a task "
+                "mixture the remaining batches differ from an uninterrupted run's"
+            )
         if len(mix) == 1:
             (j,) = mix
-            pipeline = self._stream(self.train_urls(j), seed).with_epoch(per_worker)
+            pipeline = self._stream(self.train_urls(j), seed, epoch, skip).with_epoch(per_worker)
         else:
             streams = [
                 self._stream(self.train_urls(j), seed + 10 * (j + 1))
