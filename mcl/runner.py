@@ -68,6 +68,7 @@ class _MidTaskCheckpoint(L.Callback):
         self._where: dict = {}
         self._rng: torch.Tensor | None = None
         self._drawn = self._skip = 0  # samples drawn in the current epoch (incl. skipped ones)
+        self._last = 0  # the step last saved (accumulation revisits a step)
 
     # where the data stream and the RNG stood: restored so the rest of the task is the same
     def state_dict(self) -> dict:
@@ -89,7 +90,7 @@ class _MidTaskCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._drawn += int(batch["n_skipped"]) + len(batch.get("input_ids", ()))
         step = trainer.global_step
-        if step and step % self.every == 0 and step != getattr(self, "_last", None):
+        if step and step % self.every == 0 and step != self._last:
             self._last = step
             self._where = {
                 "epoch": trainer.current_epoch,

@@ -268,6 +268,8 @@ class ContinualDataModule(L.LightningDataModule):
         epoch, skip = self.resume_at or (0, 0)
         self.resume_at = None
         if (epoch or skip) and (workers or len(mix) > 1 or world > 1):
+            # the position is one stream's in one process: elsewhere, start that epoch afresh
+            skip = 0
             print(
                 "[mcl] resuming inside a task: with workers, several processes or a task "
                 "mixture the remaining batches differ from an uninterrupted run's"
