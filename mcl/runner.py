@@ -138,6 +138,9 @@ class ContinualRunner:
         if not self.steps and not self.epochs:
             raise ValueError("set a per-task budget: train.steps or train.epochs")
         self.seed, self.loggers, self.resume, self.progress = seed, loggers or [], resume, progress
+        for lg in self.loggers:  # W&B: evaluation curves against the task index (row)
+            if type(lg).__name__ == "WandbLogger":
+                lg.experiment.define_metric("eval/*", step_metric="eval/row")
         self.meta = meta or {}
         # mid-task checkpoints every this many optimizer steps (None: task boundaries only)
         self.checkpoint_every = checkpoint_every
@@ -331,6 +334,21 @@ class ContinualRunner:
         return self.write_report(partial=False)
 
     # ------------------------------------------------------------------ outputs
+    def _wandb_extras(self, exp, final: dict) -> None:
+        """The accuracy matrix as a W&B table and heatmap, the final metrics in the summary
+        (what a comparison dashboard's panels read)."""
+        import wandb
+
+        names = self.bench.task_names + self.bench.unseen_names
+        rows = [[str(i), *r, *u] for i, (r, u) in enumerate(zip(self.matrix, self.unseen))]
+        exp.log(
+            {
+                "matrix": wandb.Table(columns=["after task", *names], data=rows),
+                "matrix_heatmap": wandb.Image(str(self.out / "matrix.png")),
+            }
+        )
+        exp.summary.update(final)
+
     def log(self, metrics: dict) -> None:
         for lg in self.loggers:
             lg.log_metrics(metrics, step=self.global_step)
@@ -398,6 +416,9 @@ class ContinualRunner:
                 if isinstance(v, (int, float)) and v is not None and not math.isnan(v)
             }
             self.log(final)
+            for lg in self.loggers:
+                if type(lg).__name__ == "WandbLogger":
+                    self._wandb_extras(lg.experiment, final)
             for lg in self.loggers:
                 lg.finalize("success")
         return results

@@ -115,9 +115,26 @@ def test_wandb_logger_runs_offline_without_an_api_key(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc credentials either
     cfg = compose_cfg(tmp_path, [*MICRO, "logger=wandb", "bench.tasks=[color]", "bench.unseen=[]"])
+    import wandb
+
+    summaries = []
+    finish = wandb.finish
+
+    def read_summary_then_finish(*a, **kw):  # the run's summary, as it is synced
+        if wandb.run is not None:
+            summaries.append(dict(wandb.run.summary._as_dict()))
+        return finish(*a, **kw)
+
+    monkeypatch.setattr(wandb, "finish", read_summary_then_finish)
     run(cfg, Path(cfg.paths.output_dir))
     offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
+    # what a comparison dashboard reads: final metrics and the matrix in the run's summary
+    (summary,) = summaries
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert summary["final/last"] == pytest.approx(results["metrics"]["last"])
+    assert summary["matrix"]["_type"] == "table-file" and summary["matrix"]["nrows"] == 2
+    assert summary["matrix_heatmap"]["_type"] == "image-file"
 
 
 @pytest.mark.slow
