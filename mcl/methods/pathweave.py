@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import re
 
-from torch import nn
-
+from mcl.adapters import wrap_linears
 from mcl.adapters.ana import AnALinear
 from mcl.methods.base import ContinualMethod
 
@@ -69,21 +68,12 @@ class PathWeave(ContinualMethod):
                 "input modules; set model.xmodal.enabled=true"
             )
         super().setup_model(mllm)
-        names = [
-            n
-            for n, m in mllm.model.named_modules()
-            if isinstance(m, nn.Linear) and any(re.fullmatch(p, n) for p in self.sites)
-        ]
-        if not names:
-            raise ValueError(f"no nn.Linear matches the sites {self.sites}; fix method.sites")
-        self.site_names = names
-        for n in names:
-            parent, _, child = n.rpartition(".")
-            owner = mllm.model.get_submodule(parent) if parent else mllm.model
-            gated = not any(re.fullmatch(p, n) for p in self.sum_sites)
-            setattr(
-                owner, child, AnALinear(getattr(owner, child), mllm.route, self.bottleneck, gated)
-            )
+        pattern = "|".join(f"(?:{p})" for p in self.sites)
+        self.site_names = wrap_linears(
+            mllm.model, pattern, lambda lin: AnALinear(lin, mllm.route, self.bottleneck)
+        )
+        for n, site in self.ana_modules().items():  # PathWeave's LLM projection: summed
+            site.gated = not any(re.fullmatch(p, n) for p in self.sum_sites)
         self.keep_wrapped_base()
         self.connector_params = sum(
             p.numel() for m in mllm.part_modules("projector") for p in m.parameters()
@@ -107,24 +97,22 @@ class PathWeave(ContinualMethod):
                     site.skip[m] = "train"
         self.order.append(m)
 
-    def _task_modality(self, task: int, dm=None) -> str:
-        dm = dm or self._dm
-        return dm.bench.tasks[task].get("modality", "image")
+    def _ensure_path(self, task: int, dm) -> str:
+        """Task ``task``'s modality, with its path added if it needs one and has none yet."""
+        m = dm.bench.tasks[task].get("modality", "image")
+        if m not in self.base_modalities and m not in self.order:
+            self._add_path(m)
+        return m
 
     # ------------------------------------------------------------------ hooks
     def on_task_start(self, task: int, dm) -> None:
         super().on_task_start(task, dm)
-        m = self._task_modality(task, dm)
-        if m not in self.base_modalities and m not in self.order:
-            self._add_path(m)
-        self._stage = {"modality": m}
+        self._stage = {"modality": self._ensure_path(task, dm)}
         self.set_trainable()
 
     def on_resume(self, finished_task: int) -> None:
         for t in range(finished_task + 1):
-            m = self._task_modality(t)
-            if m not in self.base_modalities and m not in self.order:
-                self._add_path(m)
+            self._ensure_path(t, self._dm)
 
     def path_names(self, m: str) -> set[str]:
         prefix = "mllm.model."
@@ -148,13 +136,10 @@ class PathWeave(ContinualMethod):
     def task_info(self, task: int) -> dict:
         m = (self._stage or {}).get("modality")
         params = dict(self.named_parameters())
-        path = sum(params[n].numel() for n in self.path_names(m)) if m in self.order else 0
+        names = self.path_names(m) if m in self.order else set()
+        path = sum(params[n].numel() for n in names)
         modal = sum(params[n].numel() for n in self.modal_input_names()) if path else 0
-        connector_sites = sum(
-            params[n].numel()
-            for n in self.path_names(m)
-            if "multi_modal_projector" in n
-        ) if path else 0  # fmt: skip
+        connector_sites = sum(params[n].numel() for n in names if "multi_modal_projector" in n)
         return {
             "modality": m,
             "paths": list(self.order),

@@ -202,26 +202,32 @@ class XModal(nn.Module):
 
     def __init__(self, modalities: list[str], d: int, patches: int, cfg: dict):
         super().__init__()
-        self.cfg = cfg
+        audio, points = cfg.get("audio", {}), cfg.get("points", {})
+        # what the collator needs to turn payloads into these modules' inputs
+        self.prep = {
+            "video_frames": int(cfg.get("video_frames", 4)),
+            "n_mels": int(audio.get("n_mels", 40)),
+            "n_points": int(points.get("n_points", 256)),
+        }
         self.inputs = nn.ModuleDict()
         self.tokens: dict[str, int] = {"image": patches}
         for m in modalities:
             if m == "video":
-                k = int(cfg.get("video_frames", 4))
+                k = self.prep["video_frames"]
                 self.inputs[m] = ModalInput(m, d, frames=k)
                 self.tokens[m] = k * patches
             elif m == "depth":
                 self.inputs[m] = ModalInput(m, d, frames=2)
                 self.tokens[m] = 2 * patches
             elif m == "audio":
-                a = cfg.get("audio", {})
-                enc = AudioEncoder(int(a.get("n_mels", 40)), d, int(a.get("tokens", 12)))
+                n = int(audio.get("tokens", 12))
+                enc = AudioEncoder(self.prep["n_mels"], d, n)
                 self.inputs[m] = ModalInput(m, d, encoder=enc)
-                self.tokens[m] = int(a.get("tokens", 12))
+                self.tokens[m] = n
             elif m == "points":
-                p = cfg.get("points", {})
-                self.inputs[m] = ModalInput(m, d, encoder=PointEncoder(d, int(p.get("tokens", 4))))
-                self.tokens[m] = int(p.get("tokens", 4))
+                n = int(points.get("tokens", 4))
+                self.inputs[m] = ModalInput(m, d, encoder=PointEncoder(d, n))
+                self.tokens[m] = n
             elif m != "image":
                 raise ValueError(f"no input module for modality {m!r}; known: {MODALITIES}")
 
@@ -309,11 +315,7 @@ def attach_xmodal(mllm, modalities: list[str], cfg: dict | None = None) -> None:
     mllm.xmodal = xm.to(p.device, p.dtype)
     cues = {**DEFAULT_CUES, **(cfg.get("cues") or {})}
     mllm.collator.set_modal(
-        tokens=xm.tokens,
-        cues={m: cues.get(m, "") for m in xm.tokens},
-        video_frames=int(cfg.get("video_frames", 4)),
-        n_mels=int(cfg.get("audio", {}).get("n_mels", 40)),
-        n_points=int(cfg.get("points", {}).get("n_points", 256)),
+        tokens=xm.tokens, cues={m: cues.get(m, "") for m in xm.tokens}, **xm.prep
     )
     mllm.info = {**mllm.info, "xmodal": {m: xm.tokens[m] for m in xm.tokens}}
 
