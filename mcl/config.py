@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("method", "bench", "model", "hardware", "logger", "experiment", "paths")
+GROUPS = ("method", "bench", "model", "hardware", "logger", "experiment", "sweep", "paths")
 
 
 class ConfigError(ValueError):

@@ -168,11 +168,22 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
         loggers=_loggers(cfg, bench.source),
         resume=cfg.resume,
         progress=cfg.progress,
-        meta={"config": config, "model_info": mllm.info},
+        meta={"config": config, "model_info": mllm.info, "host": host_info()},
         scorer_mode=scorer_mode,
         scorer_presets=presets,
         checkpoint_every=cfg.train.get("checkpoint_every"),
     )
+
+
+def host_info() -> dict:
+    """Where the run ran: the host and, under SLURM, the job (to find its logs from a result)."""
+    import socket
+
+    slurm = {k[6:].lower(): v for k, v in os.environ.items() if k in SLURM_KEYS}
+    return {"hostname": socket.gethostname(), **({"slurm": slurm} if slurm else {})}
+
+
+SLURM_KEYS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_PARTITION")
 
 
 def attach_modalities(mllm, bench) -> None:

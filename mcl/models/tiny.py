@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from tqdm.auto import tqdm
 from transformers import (
@@ -294,10 +295,9 @@ def _pretrained_base(text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, 
     path.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared tensors; the tiny config unties embeddings, so none exist.
     state = {k: v.contiguous() for k, v in mllm.model.state_dict().items()}
-    tmp = path / "model.safetensors.tmp"
-    save_file(state, str(tmp))
-    atomic_write_bytes(weights, tmp.read_bytes())
-    tmp.unlink()
+    # info first, weights last: the weights file is what readers look for, so a concurrent
+    # sweep job never finds weights without their info (both builders write identical bytes).
     atomic_write_json(path / "info.json", info)
+    atomic_write_bytes(weights, save_tensors(state))
     mllm.info = info
     return mllm
