@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from mcl.eval.metrics import continual_metrics, instruction_metrics, stage_metrics
 from mcl.eval.report import matrix_table, plot_matrix, write_matrix_csv
 from mcl.eval.scorers import format_ok, score_records, task_modes
+from mcl.utils import dist
 from mcl.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
@@ -163,14 +165,15 @@ class ContinualRunner:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_task(self, name: str, row: int) -> tuple[float, float | None]:
-        """Score on the main test samples; the held-out-template samples give the IF score."""
+        """Score on the main test samples; the held-out-template samples give the IF score.
+        With several processes each rank answers every world-th batch; rank 0 gathers."""
         spec = self.bench.task(name)
         records, n_format = [], 0
         self.method.eval()
         index = self.bench.task_names.index(name) if name in self.bench.task_names else None
         if self.method.task_id_at_test:  # an oracle the method's paper uses; recorded
             self.method.set_eval_task(name, index)
-        for samples, batch in self.dm.test_batches(name):
+        for samples, batch in self.dm.test_batches(name, dist.rank(), dist.world()):
             preds = self.method.generate(batch, max_new_tokens=spec.get("max_new_tokens", 8))
             for s, p in zip(samples, preds):
                 n_format += format_ok(spec["scorer"], spec.get("answer_type"), p)
@@ -178,13 +181,17 @@ class ContinualRunner:
                 records.append(
                     {"key": s["key"], "pred": p, "answers": s["answers"], "heldout": heldout}
                 )
-        lines = "".join(json.dumps(r) + "\n" for r in records)
-        atomic_write_text(self.out / "predictions" / f"row{row}" / f"{name}.jsonl", lines)
+        extra = self.method.eval_metrics(index)  # told the task only after it answered
+        records, n_format, extra = _merge_ranks(
+            dist.gather((records, n_format, extra, len(records))), self.dm.eval_batch_size
+        )
+        if dist.is_main():
+            lines = "".join(json.dumps(r) + "\n" for r in records)
+            atomic_write_text(self.out / "predictions" / f"row{row}" / f"{name}.jsonl", lines)
         scores = score_records(records, spec["scorer"], self.modes[name])
         self.format_scores[row][name] = 100.0 * n_format / max(1, len(records))
         self.mif_scores[row][name] = scores["mif"]
         score, held_score = scores["score"], scores["held"]
-        extra = self.method.eval_metrics(index)  # told the task only after it answered
         if extra:
             self.method_eval[row][name] = extra
             self.log({f"eval/{name}/{k}": v for k, v in extra.items() if _is_number(v)})
@@ -225,6 +232,9 @@ class ContinualRunner:
             log_every_n_steps=10,
             **self.trainer_kwargs,
         )
+        if isinstance(kw.get("strategy"), dict):  # configured (timeouts, FSDP options): a fresh
+            kw["strategy"] = instantiate(kw["strategy"])  # instance per Trainer
+
         if self.steps:
             kw.update(max_steps=self.steps, max_epochs=-1)
         else:
@@ -245,6 +255,7 @@ class ContinualRunner:
         L.seed_everything(self.seed * 1000 + t, workers=True, verbose=False)
         self.dm.set_task(t, mix=self.method.train_mixture(t, self.bench))
         self.method.on_task_start(t, self.dm)
+        self._sync_ranks(f"task {t} start")
         self.check_trainable(t)
         self.params.append({"task": self.bench.task_names[t], **self.method.parameter_counts()})
         t0 = time.time()
@@ -260,16 +271,25 @@ class ContinualRunner:
             self.global_step += trainer.global_step
         self.timings["train_s"].append(round(time.time() - t0, 2))
         self.method.on_task_end(t, self.dm)
+        self._sync_ranks(f"task {t} end")
         info = self.method.task_info(t)
         if info:
             self.method_info.append({"task": self.bench.task_names[t], **info})
             self.log(_numbers(info, "method/"))
+
+    def _sync_ranks(self, when: str) -> None:
+        """With several processes: every rank continues from rank 0's method state."""
+        if dist.world() > 1:
+            what = f"{when} ({self.method.method_name})"
+            self.method.load_adapter_state(dist.sync_state(self.method.adapter_state(), what))
 
     # ------------------------------------------------------------------ checkpoints
     def _ckpt_dir(self, t: int) -> Path:
         return self.out / "checkpoints" / f"task{t:02d}"
 
     def save_task(self, t: int) -> None:
+        if not dist.is_main():  # one writer; every rank holds the same state
+            return
         d = self._ckpt_dir(t)
         d.mkdir(parents=True, exist_ok=True)
         # serialised in memory, then one atomic write: a full disk leaves no partial file, and
@@ -321,7 +341,8 @@ class ContinualRunner:
         t_start = time.time()
         T = len(self.bench.tasks)
         start = self.try_resume()
-        if start == 0:
+        # the other ranks of a DDP run start at rank 0's first fit, after row 0 was evaluated
+        if start == 0 and (dist.is_main() or dist.initialized()):
             self.evaluate_row(0, list(range(T)))
         for t in range(start, T):
             self.train_task(t)
@@ -329,7 +350,8 @@ class ContinualRunner:
             self.evaluate_row(t + 1, cols)
             self.save_task(t)
             self.write_report(partial=t < T - 1)
-            shutil.rmtree(self._partial_ckpt(t).parent, ignore_errors=True)
+            if dist.is_main():
+                shutil.rmtree(self._partial_ckpt(t).parent, ignore_errors=True)
         self.timings["total_s"] = round(time.time() - t_start, 2)
         return self.write_report(partial=False)
 
@@ -391,8 +413,11 @@ class ContinualRunner:
             "method_info": self.method_info,
             "method_eval": self.method_eval,
             "timings": self.timings,
+            "processes": dist.world(),  # > 1: DDP ranks (their answers gathered here)
             **self.meta,
         }
+        if not dist.is_main():  # rank 0 writes and logs; the others hold the same numbers
+            return results
         atomic_write_json(self.out / "results.json", results)
         write_matrix_csv(
             self.out / "matrix.csv",
@@ -433,6 +458,30 @@ class ContinualRunner:
             results["unseen_tasks"],
             results["unseen_matrix"],
         )
+
+
+def _merge_ranks(parts: list[tuple], batch_size: int) -> tuple[list, int, dict]:
+    """Every rank's ``(records, n_format, method metrics, n)`` as one process's would be: the
+    records back in test-set order (rank r answered batches r, r + world, ...), the method's
+    numbers averaged weighted by how many samples each rank answered (they are per-sample
+    means, e.g. task-id accuracy); other values are rank 0's."""
+    if len(parts) == 1:
+        return parts[0][:3]
+    world, chunks = len(parts), []
+    for r, (recs, *_) in enumerate(parts):
+        for b, i in enumerate(range(0, len(recs), batch_size)):
+            chunks.append((r + b * world, recs[i : i + batch_size]))
+    records = [rec for _, chunk in sorted(chunks, key=lambda c: c[0]) for rec in chunk]
+    n_format = sum(p[1] for p in parts)
+    extra: dict = {}
+    for p in parts:  # rank 0's values first; a key only ranks with answers report still counts
+        for k, v in p[2].items():
+            extra.setdefault(k, v)
+    for k, v in extra.items():
+        weighted = [(p[2].get(k), p[3]) for p in parts if _is_number(p[2].get(k)) and p[3]]
+        if _is_number(v) and weighted:
+            extra[k] = sum(x * n for x, n in weighted) / sum(n for _, n in weighted)
+    return records, n_format, extra
 
 
 def _comparable(config: dict) -> dict:

@@ -51,3 +51,60 @@ def test_ddp_cpu_splits_the_data_and_keeps_the_results_contract(tmp_path, monkey
     assert r == json.loads(json.dumps(results)) and r["complete"]
     assert len(r["matrix"]) == 3 and all(v is not None for v in r["matrix"][2])
     assert r["config"]["hardware"]["strategy"] == "ddp_fork"
+
+
+def test_merge_ranks_restores_the_single_process_order_and_weights_method_numbers():
+    from mcl.runner import _merge_ranks
+
+    recs = [{"key": f"k{i}"} for i in range(11)]  # batches of 2: b0..b5, the last one short
+    batches = [recs[i : i + 2] for i in range(0, 11, 2)]
+    parts = []
+    for r in range(3):  # rank r answered batches r, r + 3
+        mine = [x for b, chunk in enumerate(batches) if b % 3 == r for x in chunk]
+        parts.append((mine, len(mine), {"task_id_acc": 100.0 * r, "note": f"r{r}"}, len(mine)))
+    records, n_format, extra = _merge_ranks(parts, batch_size=2)
+    assert records == recs and n_format == 11
+    # sizes 4, 4, 3: the accuracy is the per-sample mean, other values are rank 0's
+    assert extra["task_id_acc"] == (0 * 4 + 100 * 4 + 200 * 3) / 11
+    assert extra["note"] == "r0"
+    assert _merge_ranks([(recs, 5, {"a": 1.0}, 11)], 2) == (recs, 5, {"a": 1.0})
+
+
+def test_hardware_ddp_runs_the_whole_command_per_rank_and_rank_0_writes_once(tmp_path):
+    """``hardware=ddp`` (the GPU preset) on CPU: Lightning's subprocess launcher starts rank 1 at
+    the first fit; rank 0 gathers the answers; method state is synced at task boundaries (EWC's
+    importance)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    over = [o for o in DDP if not o.startswith(("hardware", "++method"))]
+    cmd = [
+        sys.executable, "-m", "mcl.train", *over, "method=ewc",
+        "hardware=ddp", "hardware.accelerator=cpu", "hardware.devices=2",
+        "hardware.precision=32-true", f"paths.log_dir={tmp_path}/logs",
+        f"paths.data_dir={tmp_path}/data", f"paths.cache_dir={tmp_path}/cache",
+        f"hydra.run.dir={out}", "progress=false",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((out / "results.json").read_text())
+    assert r["complete"] and r["processes"] == 2
+    assert len(r["matrix"]) == 3 and all(v is not None for v in r["matrix"][2])
+    # every test sample answered once, in test-set order, though each rank answered half
+    from mcl.data.bench import prepare
+
+    cfg = compose_cfg(tmp_path, [*over, "method=ewc"])
+    bench = prepare(cfg.bench, cfg.paths.data_dir, progress=False)
+    from mcl.data.shards import read_shards
+
+    for task in bench.tasks:
+        keys = [s["key"] for s in read_shards(bench.shard_paths(task, "test"))]
+        lines = (out / "predictions" / "row2" / f"{task['name']}.jsonl").read_text().splitlines()
+        assert [json.loads(x)["key"] for x in lines] == keys
+    state = load_file(str(out / "checkpoints" / "task01" / "adapters.safetensors"))
+    imp = [k for k in state if "importance" in k or "fisher" in k]
+    assert imp and any(state[k].abs().sum() > 0 for k in imp)

@@ -240,10 +240,10 @@ class ContinualDataModule(L.LightningDataModule):
     def train_urls(self, t: int) -> list[str]:
         return [str(p) for p in self.bench.shard_paths(self.bench.tasks[t], "train")]
 
-    def _stream(self, urls: list[str], seed: int, epoch: int = 0, skip: int = 0):
+    def _stream(self, urls: list[str], seed: int, epoch: int = 0, skip: int = 0, split=True):
         return wds.DataPipeline(
             wds.SimpleShardList(urls),
-            wds.split_by_node,
+            *([wds.split_by_node] if split else []),
             wds.split_by_worker,
             _EpochShuffle(seed, start_epoch=epoch),
             wds.tarfile_to_samples(handler=_skip_tar_errors),
@@ -252,11 +252,15 @@ class ContinualDataModule(L.LightningDataModule):
             wds.map(_decode_or_mark),
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self, split: bool = True) -> DataLoader:
+        """The current task's (or mixture's) training stream. With several processes each rank
+        reads its own shards; ``split=False`` gives every rank the whole stream (task-boundary
+        passes, e.g. importance, that must agree across ranks)."""
         if self.task is None:
             raise RuntimeError("call set_task(t) before training")
         mix = self.mix or {self.task: Share()}
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        distributed = split and torch.distributed.is_initialized()
+        world = torch.distributed.get_world_size() if distributed else 1
         # every worker needs at least one shard of every stream (webdataset dies on an empty one)
         fewest = min(
             (len(self.train_urls(j)) for j, part in mix.items() if part.share >= 1), default=1
@@ -276,10 +280,11 @@ class ContinualDataModule(L.LightningDataModule):
             )
         if len(mix) == 1:
             (j,) = mix
-            pipeline = self._stream(self.train_urls(j), seed, epoch, skip).with_epoch(per_worker)
+            stream = self._stream(self.train_urls(j), seed, epoch, skip, split=split)
+            pipeline = stream.with_epoch(per_worker)
         else:
             streams = [
-                self._stream(self.train_urls(j), seed + 10 * (j + 1))
+                self._stream(self.train_urls(j), seed + 10 * (j + 1), split=split)
                 if part.share >= 1
                 else _Buffer(self.buffer(j, part), seed + 10 * (j + 1))
                 for j, part in mix.items()
@@ -307,8 +312,11 @@ class ContinualDataModule(L.LightningDataModule):
             self._test_cache[task_name] = good
         return self._test_cache[task_name]
 
-    def test_batches(self, task_name: str):
+    def test_batches(self, task_name: str, rank: int = 0, world: int = 1):
+        """``(samples, prompt batch)`` over the task's test set; with several processes, rank
+        ``rank`` gets every ``world``-th batch (the runner gathers the answers)."""
         samples = self.test_samples(task_name)
-        for i in range(0, len(samples), self.eval_batch_size):
-            chunk = samples[i : i + self.eval_batch_size]
-            yield chunk, self.collator.prompt_batch(chunk)
+        for b, i in enumerate(range(0, len(samples), self.eval_batch_size)):
+            if b % world == rank:
+                chunk = samples[i : i + self.eval_batch_size]
+                yield chunk, self.collator.prompt_batch(chunk)

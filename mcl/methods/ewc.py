@@ -111,7 +111,8 @@ class EWC(SeqLoRA):
 
     def task_batches(self, dm):
         """Up to ``importance_batches`` training batches of the current task, on our device."""
-        for i, batch in enumerate(dm.train_dataloader()):
+        # the whole stream on every rank (not this rank's shards): same importance everywhere
+        for i, batch in enumerate(dm.train_dataloader(split=False)):
             if i >= self.importance_batches:
                 break
             if "input_ids" in batch:  # an all-corrupt batch has nothing to measure
