@@ -47,6 +47,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*requires torchvision.*")
+    # Lightning's hint whenever SLURM is installed but the run is not inside a SLURM job
+    warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
 
 
 def _loggers(cfg: DictConfig, data_source: str) -> list:
@@ -61,11 +63,24 @@ def _loggers(cfg: DictConfig, data_source: str) -> list:
                 os.environ.setdefault("WANDB_MODE", "offline")
                 print("[mcl] no W&B API key found: logging offline (upload with `wandb sync`)")
             kw["tags"] = [*(spec.get("tags") or []), f"data:{data_source}"]
+            sweep = _sweep_name()
+            if sweep and spec.get("group"):  # one group per benchmark and sweep
+                kw["group"] = f"{spec['group']}/{sweep}"
         loggers.append(instantiate(spec, **kw))
     info = {"bench": cfg.bench.name, "method": cfg.method.name, "seed": cfg.seed}
+    config = OmegaConf.to_container(cfg, resolve=True)  # the resolved config, for filtering runs
     for lg in loggers:
-        lg.log_hyperparams({**info, "data_source": data_source})
+        lg.log_hyperparams({**info, "data_source": data_source, "config": config})
     return loggers
+
+
+def _sweep_name() -> str | None:
+    """The multirun's directory name (its start time), or None outside a Hydra multirun."""
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).name
 
 
 def _wandb_key() -> bool:

@@ -108,3 +108,27 @@ def test_hardware_ddp_runs_the_whole_command_per_rank_and_rank_0_writes_once(tmp
     state = load_file(str(out / "checkpoints" / "task01" / "adapters.safetensors"))
     imp = [k for k in state if "importance" in k or "fisher" in k]
     assert imp and any(state[k].abs().sum() > 0 for k in imp)
+
+
+def test_gpu_presets_compose_to_lightning_strategies(tmp_path):
+    """The multi-GPU presets cannot run here (no GPU); this checks they build what they claim."""
+    from datetime import timedelta
+
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, StrategyRegistry
+
+    from mcl.train import trainer_kwargs
+
+    for name, cls in (("ddp", DDPStrategy), ("fsdp", FSDPStrategy)):
+        kw = trainer_kwargs(compose_cfg(tmp_path, [f"hardware={name}"]))
+        assert kw["accelerator"] == "gpu" and kw["precision"] == "bf16-mixed"
+        strategy = instantiate(kw["strategy"])
+        assert type(strategy) is cls
+        assert strategy._timeout == timedelta(hours=3)
+    kw = trainer_kwargs(compose_cfg(tmp_path, ["hardware=deepspeed"]))
+    assert kw["strategy"] in StrategyRegistry.available_strategies()
+    # a global batch counts every GPU: 8 per device x 2 devices x 4 accumulation = 64
+    kw = trainer_kwargs(
+        compose_cfg(tmp_path, ["hardware=ddp", "train.batch_size=8", "train.global_batch=64"])
+    )
+    assert kw["accumulate_grad_batches"] == 4

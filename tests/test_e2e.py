@@ -123,9 +123,16 @@ def test_wandb_logger_runs_offline_without_an_api_key(tmp_path, monkeypatch):
     def read_summary_then_finish(*a, **kw):  # the run's summary, as it is synced
         if wandb.run is not None:
             summaries.append(dict(wandb.run.summary._as_dict()))
+            names.append((wandb.run.group, wandb.run.job_type, set(wandb.run.tags)))
+            configs.append(dict(wandb.run.config))
         return finish(*a, **kw)
 
+    names, configs = [], []
     monkeypatch.setattr(wandb, "finish", read_summary_then_finish)
+    import mcl.train
+
+    assert mcl.train._sweep_name() is None  # not a Hydra multirun
+    monkeypatch.setattr(mcl.train, "_sweep_name", lambda: "2026-11-27_20-00-00")  # as in one
     run(cfg, Path(cfg.paths.output_dir))
     offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
@@ -135,6 +142,11 @@ def test_wandb_logger_runs_offline_without_an_api_key(tmp_path, monkeypatch):
     assert summary["final/last"] == pytest.approx(results["metrics"]["last"])
     assert summary["matrix"]["_type"] == "table-file" and summary["matrix"]["nrows"] == 2
     assert summary["matrix_heatmap"]["_type"] == "image-file"
+    # the dashboard's grouping: bench + sweep, method as job type, data source etc. as tags
+    ((group, job_type, tags),) = names
+    assert group == "synth/2026-11-27_20-00-00" and job_type == "seq_lora"
+    assert {"seq_lora", "synth", "micro", "cpu", "data:synthetic"} <= tags
+    assert configs[0]["config"]["train"]["steps"] == cfg.train.steps  # the resolved config
 
 
 @pytest.mark.slow
