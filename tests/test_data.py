@@ -233,3 +233,38 @@ def test_a_task_mixture_interleaves_tasks_by_size(bench_dir):
         dm.set_task(0, mix={5: 1.0})
     with pytest.raises(ValueError, match="shares in"):
         dm.set_task(0, mix={0: 3.0})
+
+
+def test_shards_carry_plain_ustar_headers(bench_dir):
+    """No pax header per member (a float mtime forced one): half the readers' header parsing."""
+    shard = next(bench_dir.rglob("*.tar"))
+    with tarfile.open(shard) as tf:
+        members = tf.getmembers()
+    assert members and all(not m.pax_headers for m in members)
+    assert all(m.mtime == synth_mtime() for m in members)
+
+
+def synth_mtime() -> int:
+    from mcl.data.shards import FIXED_MTIME
+
+    return FIXED_MTIME
+
+
+def test_fast_pixel_values_are_the_processors_bits():
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from mcl.models.fast_pixels import fast_pixel_values
+
+    ip = build_tiny(TEXT, VISION).processor.image_processor
+    rng = np.random.default_rng(0)
+    side = ip.crop_size["height"] if isinstance(ip.crop_size, dict) else ip.crop_size.height
+    rgb = [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(9)]
+    gray = Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8))  # converted to RGB
+    for images in (rgb, [*rgb[:2], gray]):
+        ref = ip(images=images, return_tensors="pt")["pixel_values"]
+        fast = fast_pixel_values(ip, images)
+        assert fast is not None and fast.dtype == ref.dtype and torch.equal(fast, ref)
+    # another size needs the processor's resize: no fast path
+    assert fast_pixel_values(ip, [Image.new("RGB", (side + 8, side))]) is None

@@ -33,7 +33,8 @@ from PIL import Image
 
 from mcl.data.world_av import MODALITIES, RGBD, SAMPLE_RATE, as_image, infer_modality
 
-FIXED_MTIME = 1_700_000_000.0  # reproducible tar headers
+FIXED_MTIME = 1_700_000_000  # reproducible tar headers (an int: a float mtime costs every
+# member a pax header, which doubles the readers' header parsing)
 
 
 class BadSample(ValueError):

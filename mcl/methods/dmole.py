@@ -227,6 +227,7 @@ class DMoLE(ContinualMethod):
 
     # ------------------------------------------------------------------ structure
     def setup_model(self, mllm) -> None:
+        mllm.require_image_features("dmole")  # routes by the tower's features
         super().setup_model(mllm)
         model = mllm.model
         roots = {m: mllm.part_modules(m)[0] for m in MODALITIES}

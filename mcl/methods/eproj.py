@@ -58,6 +58,7 @@ class EProj(ContinualMethod):
 
     # ------------------------------------------------------------------ structure
     def setup_model(self, mllm) -> None:
+        mllm.require_image_features("eproj")  # image keys from the tower
         super().setup_model(mllm)
         projector = mllm.part_modules("projector")[0]
         linears = [(n, m) for n, m in projector.named_modules() if isinstance(m, nn.Linear)]

@@ -89,6 +89,7 @@ class FwdPrompt(ContinualMethod):
 
     # ------------------------------------------------------------------ structure
     def setup_model(self, mllm) -> None:
+        mllm.require_image_features("fwd_prompt")  # image queries; soft-prompt slots
         super().setup_model(mllm)
         self.features = FrozenFeatures(mllm)
         emb = mllm.model.get_input_embeddings()

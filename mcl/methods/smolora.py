@@ -77,6 +77,11 @@ class SMoLoRA(ContinualMethod):
 
     # ------------------------------------------------------------------ structure
     def setup_model(self, mllm) -> None:
+        if self.projector and mllm.collator.expand != "mcl":  # routes need one row per sample
+            raise ValueError(
+                f"smolora routes the projector's experts per sample, but a {mllm.family} "
+                "projector sees image tiles or patches, not samples: set method.projector=false"
+            )
         super().setup_model(mllm)
         self.encoder = self.encoder or FrozenFeatures(mllm)
         d_emb = self.encoder.text(["a"]).shape[-1]

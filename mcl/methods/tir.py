@@ -49,6 +49,7 @@ class _TIR:
         self._scale: dict[str, torch.Tensor] | None = None
 
     def setup_model(self, mllm) -> None:
+        mllm.require_image_features(self.method_name)  # image task embeddings
         super().setup_model(mllm)
         for n in sorted(self.expected_trainable()):
             p = self.get_parameter(n)

@@ -16,6 +16,9 @@ IGNORE_INDEX = -100
 # batch entries that are not model inputs: skip accounting, and the raw instructions (methods
 # that route by instruction, e.g. EProj, embed them; the model never sees the list)
 NON_MODEL_KEYS = ("n_skipped", "skipped_examples", "questions", "virtual_mask")
+EXPAND_MODES = ("mcl", "processor")  # who expands the image placeholder (see ChatCollator)
+# processor outputs aligned with input_ids (besides the mask): kept, extended over the answer
+PER_TOKEN_KEYS = ("mm_token_type_ids",)
 
 
 def model_inputs(batch: dict) -> dict:
@@ -31,10 +34,16 @@ class ChatCollator:
     ``batch["n_skipped"]``.
     """
 
-    def __init__(self, processor, image_seq_length: int):
+    def __init__(self, processor, image_seq_length: int | None, expand: str = "mcl"):
+        if expand not in EXPAND_MODES:
+            raise ValueError(f"expand={expand!r}; choose one of {', '.join(EXPAND_MODES)}")
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.image_seq_length = image_seq_length  # tokens one <image> expands to
+        # "mcl": the collator expands <image> into image_seq_length tokens itself (LLaVA-1.5,
+        # one fixed-size image each); "processor": the family's processor expands its image
+        # placeholder (a count that depends on the image) and returns the image tensors
+        self.expand = expand
+        self.image_seq_length = image_seq_length  # tokens one <image> expands to ("mcl")
         self._prompts: dict[str, str] = {}  # rendering the chat template is the slow part
         # soft-prompt slots: this many pad-id placeholders right after the image tokens (before
         # the instruction), marked in batch["virtual_mask"]; a prompt method writes its vectors
@@ -45,6 +54,11 @@ class ChatCollator:
         self.modal: dict | None = None
 
     def set_modal(self, tokens: dict, cues: dict, **prep) -> None:
+        if self.expand != "mcl":
+            raise ValueError(
+                "x-modal inputs need the LLaVA-1.5 collation (expand='mcl'); this model's "
+                "processor expands images itself: set model.xmodal.enabled=false"
+            )
         self.modal = {"tokens": dict(tokens), "cues": dict(cues), **prep}
 
     def prompt(self, question: str) -> str:
@@ -61,6 +75,11 @@ class ChatCollator:
         return self._prompts[question]
 
     def _images(self, images) -> torch.Tensor:
+        from mcl.models.fast_pixels import fast_pixel_values
+
+        fast = fast_pixel_values(self.processor.image_processor, images)  # same bits, 4x faster
+        if fast is not None:
+            return fast
         return self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
     def _placeholder(self, modality: str | None) -> str:
@@ -105,6 +124,36 @@ class ChatCollator:
             out.append(row)
         return out
 
+    def _processor_inputs(self, questions, images) -> tuple[list, dict, dict]:
+        """Processor mode: the chat-formatted prompts through the family's processor, which
+        expands each image placeholder and builds the image tensors. Returns each row's prompt
+        ids (the processor's padding stripped), per-token extras (e.g. Qwen2-VL's
+        ``mm_token_type_ids``, same stripping) and the image tensors (``pixel_values`` and
+        ``image_sizes`` / ``image_grid_thw``)."""
+        if self.modal is not None:
+            raise ValueError("x-modal inputs need expand='mcl' (LLaVA-1.5 collation)")
+        if self.virtual_tokens:
+            raise ValueError(
+                "soft-prompt slots (virtual_tokens) need expand='mcl' (LLaVA-1.5 collation); "
+                "this model's processor expands images itself"
+            )
+        out = self.processor(
+            text=[self.prompt(q) for q in questions],
+            images=list(images),
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,  # as the LLaVA-1.5 path: the template holds any BOS
+        )
+        out = dict(out)
+        ids, mask = out.pop("input_ids"), out.pop("attention_mask").bool()
+        out.pop("token_type_ids", None)  # a BERT-style tokenizer output no MLLM takes
+
+        def rows(t: torch.Tensor) -> list[list[int]]:
+            return [r[m].tolist() for r, m in zip(t, mask)]
+
+        extras = {k: rows(out.pop(k)) for k in PER_TOKEN_KEYS if k in out}
+        return rows(ids), extras, out
+
     def _pad(self, seqs: list[list[int]], value: int, left: bool) -> torch.Tensor:
         width = max(map(len, seqs))
         out = torch.full((len(seqs), width), value, dtype=torch.long)
@@ -128,10 +177,18 @@ class ChatCollator:
             return None
         return [s.get("modality") or "image" for s in samples]
 
+    def _encode(self, questions, images, samples) -> tuple[list[list[int]], dict, dict]:
+        """Each row's prompt ids (image tokens expanded), per-token extras to pad alongside
+        them, and the non-text input tensors."""
+        if self.expand == "processor":
+            return self._processor_inputs(questions, images)
+        ids = self._prompt_ids(questions, self._modalities(samples))
+        return ids, {}, self._inputs(images, samples)
+
     def encode_train(self, questions, answers, images, samples=None) -> dict[str, torch.Tensor]:
         """Right-padded batch; labels cover the answer and EOS only (prompt and image = -100).
         ``samples`` (the decoded samples) are needed for non-image modalities."""
-        prompt_ids = self._prompt_ids(questions, self._modalities(samples))
+        prompt_ids, extras, inputs = self._encode(questions, images, samples)
         answers = [" " + a for a in answers]
         answer_ids = self.tokenizer(answers, add_special_tokens=False)["input_ids"]
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
@@ -141,8 +198,10 @@ class ChatCollator:
             "input_ids": self._pad(seqs, pad, left=False),
             "attention_mask": self._pad([[1] * len(s) for s in seqs], 0, left=False),
             "labels": self._pad(labels, IGNORE_INDEX, left=False),
-            **self._inputs(images, samples),
         }
+        for k, rows in extras.items():  # answer and EOS are text (type 0), as is padding
+            out[k] = self._pad([r + [0] * (len(a) + 1) for r, a in zip(rows, answer_ids)], 0, False)
+        out.update(inputs)
         if self.virtual_tokens:
             masks = self._virtual_masks(prompt_ids, [len(s) for s in seqs])
             out["virtual_mask"] = self._pad(masks, 0, left=False).bool()
@@ -150,12 +209,14 @@ class ChatCollator:
 
     def encode_prompts(self, questions, images, samples=None) -> dict[str, torch.Tensor]:
         """Left-padded prompts for batched generation."""
-        ids = self._prompt_ids(questions, self._modalities(samples))
+        ids, extras, inputs = self._encode(questions, images, samples)
         out = {
             "input_ids": self._pad(ids, self.tokenizer.pad_token_id, left=True),
             "attention_mask": self._pad([[1] * len(s) for s in ids], 0, left=True),
-            **self._inputs(images, samples),
         }
+        for k, rows in extras.items():
+            out[k] = self._pad(rows, 0, left=True)
+        out.update(inputs)
         if self.virtual_tokens:
             masks = self._virtual_masks(ids, [len(s) for s in ids])
             out["virtual_mask"] = self._pad(masks, 0, left=True).bool()
@@ -192,16 +253,19 @@ class MLLM(nn.Module):
         self,
         model: nn.Module,
         processor,
-        image_seq_length: int,
+        image_seq_length: int | None,
         name: str = "mllm",
         info: dict | None = None,
+        family: str = "llava",
+        expand: str = "mcl",
     ):
         super().__init__()
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.collator = ChatCollator(processor, image_seq_length)
+        self.collator = ChatCollator(processor, image_seq_length, expand=expand)
         self.name = name
+        self.family = family  # llava | llava_next | qwen2_vl | qwen2_5_vl | internvl
         self.info = info or {}
         # non-image input modules (mcl.models.xmodal.attach_xmodal) and the routing state that
         # modality-routed adapters read; both unused by image-only models
@@ -211,7 +275,9 @@ class MLLM(nn.Module):
         self.route = Route()
 
     # where each trainable "part" lives, by module-name suffix, per architecture family
-    # (LLaVA: multi_modal_projector; Qwen2-VL: visual.merger; InternVL: mlp1)
+    # (transformers 5: LLaVA, LLaVA-NeXT and InternVL-hf: vision_tower + multi_modal_projector;
+    # Qwen2-VL / Qwen2.5-VL: visual, whose merger is the projector; InternVL's remote code: mlp1).
+    # Every family's LM is model.language_model.
     PARTS = {
         "projector": ("multi_modal_projector", "visual.merger", "mlp1"),
         "vision": ("vision_tower", "vision_model", "visual"),
@@ -232,6 +298,16 @@ class MLLM(nn.Module):
         if not found:
             raise ValueError(f"model {self.name} has no '{part}' (looked for {self.PARTS[part]})")
         return [m for _, m in found]
+
+    def require_image_features(self, who: str) -> None:
+        """Refuse (one line) a method that runs the vision tower on ``pixel_values`` itself:
+        only the LLaVA-1.5 collation gives one fixed-size image per row."""
+        if self.collator.expand != "mcl":
+            raise ValueError(
+                f"{who} runs the vision tower on pixel_values itself, which only LLaVA-1.5-style "
+                f"models support; {self.name} is a {self.family} model (its processor tiles or "
+                "flattens images): pick another method"
+            )
 
     def lm_targets(self, names: list[str]) -> str:
         """A regex matching the given linear names inside the LM only (never the vision tower)."""

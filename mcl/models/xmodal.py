@@ -305,6 +305,11 @@ def attach_xmodal(mllm, modalities: list[str], cfg: dict | None = None) -> None:
             f"x-modal inputs need a LLaVA-family model (vision tower + multi_modal_projector); "
             f"{type(model).__name__} has none: set model.xmodal.enabled=false"
         )
+    if mllm.collator.expand != "mcl":  # LLaVA-NeXT / InternVL: the processor tiles images
+        raise ValueError(
+            f"x-modal inputs need a LLaVA-1.5 model (fixed image tokens); {mllm.name} is a "
+            f"{mllm.family} model: set model.xmodal.enabled=false"
+        )
     vcfg = model.config.vision_config
     d = vcfg.hidden_size
     patches = mllm.collator.image_seq_length
