@@ -165,7 +165,7 @@ def part_methods(tmp: Path, methods: list[str], steps: int) -> dict:
         runner, _ = build(tmp / f"m_{name}", [f"method={name}", f"train.steps={steps}"])
         method, spent = runner.method, {"boundary": 0.0}
 
-        def timed(fn):
+        def timed(fn, spent=spent):
             def wrapper(*a, **kw):
                 t0 = time.perf_counter()
                 try:
@@ -341,7 +341,8 @@ def render(r: dict, args) -> str:
             "|---|--:|--:|--:|---|",
             f"| raw torch + peft (in-memory batches) | {o['raw']:.4f} | 1.00 | | |",
             f"| mcl, same in-memory batches | {o['mcl_batches']:.4f} | {o['ratio_batches']:.2f} "
-            f"| ≤ {TARGETS['overhead']} | {verdict(o['ratio_batches'], TARGETS['overhead'], False)} |",
+            f"| ≤ {TARGETS['overhead']} | "
+            f"{verdict(o['ratio_batches'], TARGETS['overhead'], False)} |",
             f"| mcl, its own shard stream (end to end) | {o['mcl_stream']:.4f} | "
             f"{o['ratio_stream']:.2f} | ≤ {TARGETS['overhead']} | "
             f"{verdict(o['ratio_stream'], TARGETS['overhead'], False)} |",
@@ -363,9 +364,7 @@ def render(r: dict, args) -> str:
             v = []
             if name in MIXTURES:
                 v.append("step " + verdict(m["step_ratio"], TARGETS["mixture_step"], False))
-            v.append(
-                "boundary " + verdict(m["boundary_share"], TARGETS["boundary_share"], False)
-            )
+            v.append("boundary " + verdict(m["boundary_share"], TARGETS["boundary_share"], False))
             lines.append(
                 f"| {name} | {m['step_s']:.4f} | {m['step_ratio']:.2f} | {m['boundary_s']:.1f} "
                 f"| {m['boundary_share']:.1%} | {', '.join(v)} |"
