@@ -40,7 +40,7 @@ write_conf() {
   cat >"$DIR/slurm.conf" <<EOF
 # written by scripts/slurm_local.sh: a one-node cluster on $HOST
 ClusterName=mcl-local
-SlurmctldHost=$HOST
+SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=$user
 SlurmdUser=$user
 AuthType=auth/munge
@@ -67,7 +67,7 @@ JobCompType=jobcomp/none
 SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
-NodeName=$HOST CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 }
