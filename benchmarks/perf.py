@@ -220,6 +220,24 @@ def part_data(tmp: Path, n_batches: int, step_s: float | None) -> dict:
         out[f"samples_per_s_{workers}w"] = n / (time.perf_counter() - t0)
         del it, loader
     dm.num_workers = cfg.train.num_workers
+    # where one sample's time goes (one process): tar members -> samples, decode, collate
+    import webdataset as wds
+
+    from mcl.data.datamodule import _decode_or_mark
+
+    urls = dm.train_urls(0)
+    raw = list(wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()))
+    t0 = time.perf_counter()
+    raw = list(wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()))
+    out["read_ms"] = 1e3 * (time.perf_counter() - t0) / len(raw)
+    t0 = time.perf_counter()
+    decoded = [_decode_or_mark(r) for r in raw]
+    out["decode_ms"] = 1e3 * (time.perf_counter() - t0) / len(raw)
+    bs = cfg.train.batch_size
+    t0 = time.perf_counter()
+    for i in range(0, len(decoded) - bs + 1, bs):
+        dm.collator.train_batch(decoded[i : i + bs])
+    out["collate_ms"] = 1e3 * (time.perf_counter() - t0) / (len(decoded) // bs * bs)
     if step_s:
         out["consumption_per_s"] = cfg.train.batch_size / step_s
         out["ratio_0w"] = out["samples_per_s_0w"] / out["consumption_per_s"]
@@ -387,6 +405,10 @@ def render(r: dict, args) -> str:
         if "consumption_per_s" in d:
             lines += ["", f"Consumption: {d['consumption_per_s']:.0f} samples/s (batch "
                       f"{d['batch_size']} / mcl's step time from part 1)."]  # fmt: skip
+        if "read_ms" in d:
+            lines += ["", f"Per sample, one process: reading the tar {d['read_ms']:.3f} ms, "
+                      f"decoding (JSON + PNG) {d['decode_ms']:.3f} ms, collating (template, "
+                      f"tokenizer, pixels) {d['collate_ms']:.3f} ms."]  # fmt: skip
         lines.append("")
     if "eval" in r:
         e = r["eval"]

@@ -74,11 +74,14 @@ class SMoLoRALinear(nn.Module):
         emb = self.if_input.to(x.device, self.lora_if_gate.weight.dtype)
         return vu, self.n_vu + self.lora_if_gate(emb).argmax(-1)
 
-    def _branch(self, h: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
-        """scaling * B_e A_e x for each sample's expert e (h = x A^T for all experts)."""
-        cols = torch.arange(h.shape[-1], device=h.device) // self.rank  # expert of each column
-        gate = (cols[None, :] == expert[:, None]).to(h.dtype)  # (B, r): one block per sample
-        return self.scaling * ((h * gate[:, None, :]) @ self.lora_B.T)
+    def _branch(self, x: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        """scaling * B_e A_e x for each sample's expert e. Only that expert's rank block is
+        gathered and multiplied: the same sum as masking the other experts' columns of the
+        full rank-r product (what the original computes), at 1/experts of its cost."""
+        rows = expert[:, None] * self.rank + torch.arange(self.rank, device=x.device)
+        a = self.lora_A[rows]  # (B, rank, d_in)
+        b = self.lora_B.T[rows]  # (B, rank, d_out)
+        return self.scaling * torch.bmm(torch.bmm(x, a.transpose(1, 2)), b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         squeeze = x.dim() == 2
@@ -86,8 +89,8 @@ class SMoLoRALinear(nn.Module):
             x = x[None]
         vu, if_ = self.route(x)
         self.last_route = (vu.detach(), if_.detach())
-        h = self.dropout(x) @ self.lora_A.T
-        y_vu, y_if = self._branch(h, vu), self._branch(h, if_)
+        xd = self.dropout(x)  # one dropout mask for both branches, as the original's shared h
+        y_vu, y_if = self._branch(xd, vu), self._branch(xd, if_)
         w = torch.softmax(torch.cat([self.lora_fuse_vu(y_vu), self.lora_fuse_if(y_if)], -1), -1)
         out = self.base(x) + w[..., :1] * y_vu + w[..., 1:] * y_if
         return out[0] if squeeze else out
