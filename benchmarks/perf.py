@@ -145,15 +145,22 @@ def part_overhead(tmp: Path, steps: int, repeats: int) -> dict:
                 times.append(time.perf_counter() - t0)
         return times
 
+    # interleaved, order alternating, and each ratio taken within its repeat: this machine's
+    # speed drifts by tens of percent between minutes, so only paired numbers compare
     res = {"raw": [], "mcl_stream": [], "mcl_batches": []}
-    for _ in range(repeats):  # interleaved, so drift on a noisy machine hits all three alike
-        res["raw"].append(median(raw_loop()))
-        res["mcl_stream"].append(median(fit_steps(runner, 0, steps)))
-        res["mcl_batches"].append(median(fit_steps(runner, 0, steps, batches)))
+    runs = {
+        "raw": raw_loop,
+        "mcl_batches": lambda: fit_steps(runner, 0, steps, batches),
+        "mcl_stream": lambda: fit_steps(runner, 0, steps),
+    }
+    for i in range(repeats):
+        for k in list(runs) if i % 2 == 0 else list(runs)[::-1]:
+            res[k].append(median(runs[k]()))
     out = {k: median(v) for k, v in res.items()}
     out["batch_size"] = cfg.train.batch_size
-    out["ratio_stream"] = out["mcl_stream"] / out["raw"]
-    out["ratio_batches"] = out["mcl_batches"] / out["raw"]
+    for k in ("stream", "batches"):
+        out[f"ratio_{k}"] = median([m / r for m, r in zip(res[f"mcl_{k}"], res["raw"])])
+    out["repeats"] = repeats
     return out
 
 

@@ -102,7 +102,8 @@ class TaskAutoencoder(nn.Module):
         ``patience`` epochs without a lower training loss; then ``tau`` = the ``quantile`` of
         the task's own reconstruction errors (the release has no rule; spec section 1.4)."""
         gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        # fused: one kernel for the four tensors; a quarter of this tiny step's time on CPU
+        opt = torch.optim.Adam(self.parameters(), lr=lr, fused=True)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=min_lr)
         best, stale, ran = float("inf"), 0, 0
         with torch.enable_grad():
