@@ -413,7 +413,8 @@ class ContinualRunner:
             "method_info": self.method_info,
             "method_eval": self.method_eval,
             "timings": self.timings,
-            "processes": dist.world(),  # > 1: DDP ranks (their answers gathered here)
+            # training processes (DDP ranks; ddp_cpu's forked ranks train, the main evaluates)
+            "processes": max(dist.world(), _n_processes(self.trainer_kwargs)),
             **self.meta,
         }
         if not dist.is_main():  # rank 0 writes and logs; the others hold the same numbers
@@ -458,6 +459,12 @@ class ContinualRunner:
             results["unseen_tasks"],
             results["unseen_matrix"],
         )
+
+
+def _n_processes(kw: dict) -> int:
+    devices = kw.get("devices", 1)
+    n = len(devices) if isinstance(devices, list) else devices
+    return (n if isinstance(n, int) and n > 0 else 1) * int(kw.get("num_nodes", 1))
 
 
 def _merge_ranks(parts: list[tuple], batch_size: int) -> tuple[list, int, dict]:

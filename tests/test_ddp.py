@@ -50,7 +50,7 @@ def test_ddp_cpu_splits_the_data_and_keeps_the_results_contract(tmp_path, monkey
     r = json.loads((out / "results.json").read_text())
     assert r == json.loads(json.dumps(results)) and r["complete"]
     assert len(r["matrix"]) == 3 and all(v is not None for v in r["matrix"][2])
-    assert r["config"]["hardware"]["strategy"] == "ddp_fork"
+    assert r["config"]["hardware"]["strategy"] == "ddp_fork" and r["processes"] == 2
 
 
 def test_merge_ranks_restores_the_single_process_order_and_weights_method_numbers():
@@ -132,3 +132,35 @@ def test_gpu_presets_compose_to_lightning_strategies(tmp_path):
         compose_cfg(tmp_path, ["hardware=ddp", "train.batch_size=8", "train.global_batch=64"])
     )
     assert kw["accumulate_grad_batches"] == 4
+
+
+def test_csv_logger_survives_processes_that_each_know_only_their_own_keys(tmp_path):
+    """ddp_cpu: a forked rank writes the training keys, the main process the evaluation keys,
+    each logger copy remembering only its own (Lightning's writer then fails on the header)."""
+    import copy
+    import csv
+
+    import pytest
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    from mcl.utils.csv_logger import _HeaderAwareWriter
+
+    def two_processes(writer_cls):
+        main = writer_cls(log_dir=str(tmp_path / writer_cls.__name__))  # made before any fork
+        rank0 = copy.deepcopy(main)  # task 1's forked rank: a copy of the main's state
+        rank0.log_metrics({"train/loss": 1.0}, step=10)
+        rank0.save()
+        main.log_metrics({"eval/color": 50.0}, step=10)  # never saw train/loss
+        main.save()
+        rank0 = copy.deepcopy(main)  # task 2's rank
+        rank0.log_metrics({"train/loss": 0.5, "epoch": 1}, step=20)
+        rank0.save()
+        with open(tmp_path / writer_cls.__name__ / "metrics.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    with pytest.raises(ValueError, match="not in fieldnames"):
+        two_processes(ExperimentWriter)
+    rows = two_processes(_HeaderAwareWriter)
+    assert [r["step"] for r in rows] == ["10", "10", "20"]
+    assert rows[0]["train/loss"] == "1.0" and rows[1]["eval/color"] == "50.0"
+    assert rows[2]["train/loss"] == "0.5" and rows[2]["epoch"] == "1"
