@@ -126,3 +126,19 @@ def test_benchmark_words_extend_the_vocabulary_without_touching_the_base():
     z2 = m2.model.get_input_embeddings().weight[n]
     assert torch.equal(z1, z2)
     assert extend_vocabulary(m, ["zebra"]) == []
+
+
+def test_cached_token_ids_equal_the_tokenizers_and_batches_are_unchanged(mllm):
+    from mcl.models.mllm import ChatCollator
+
+    col = mllm.collator
+    texts = ["what color is the square?", "red", "what color is the square?", "a b c"]
+    expect = mllm.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert col.token_ids(texts) == expect
+    assert col.token_ids(texts[:1])[0] is col.token_ids(texts[2:3])[0]  # served from the cache
+    # a collator with a warm cache builds the very same batch as a fresh one
+    samples = _samples(8, "color")
+    warm = col.train_batch(samples)
+    cold = ChatCollator(mllm.processor, col.image_seq_length).train_batch(samples)
+    for k, v in cold.items():
+        assert torch.equal(v, warm[k]) if torch.is_tensor(v) else v == warm[k]

@@ -45,6 +45,7 @@ class ChatCollator:
         self.expand = expand
         self.image_seq_length = image_seq_length  # tokens one <image> expands to ("mcl")
         self._prompts: dict[str, str] = {}  # rendering the chat template is the slow part
+        self._ids: dict[str, list[int]] = {}  # token ids of prompts and answers seen before
         # soft-prompt slots: this many pad-id placeholders right after the image tokens (before
         # the instruction), marked in batch["virtual_mask"]; a prompt method writes its vectors
         # there through an input-embedding hook (0 = none; set by the method)
@@ -74,6 +75,17 @@ class ChatCollator:
             )
         return self._prompts[question]
 
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids (no special tokens) per text, cached: instruction templates and short
+        answers repeat, and tokenizing was a third of collation. Callers must not mutate them."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._ids))
+        if missing:
+            if len(self._ids) + len(missing) > 200_000:  # bounded: real data is mostly unique
+                self._ids.clear()
+            ids = self.tokenizer(missing, add_special_tokens=False)["input_ids"]
+            self._ids.update(zip(missing, ids))
+        return [self._ids[t] for t in texts]
+
     def _images(self, images) -> torch.Tensor:
         from mcl.models.fast_pixels import fast_pixel_values
 
@@ -97,7 +109,7 @@ class ChatCollator:
             self.prompt(q).replace(tok, self._placeholder(m), 1)
             for q, m in zip(questions, modalities)
         ]
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ids = self.token_ids(texts)
         if not self.virtual_tokens:
             return ids
         image_id = self.tokenizer.convert_tokens_to_ids(tok)
@@ -190,7 +202,7 @@ class ChatCollator:
         ``samples`` (the decoded samples) are needed for non-image modalities."""
         prompt_ids, extras, inputs = self._encode(questions, images, samples)
         answers = [" " + a for a in answers]
-        answer_ids = self.tokenizer(answers, add_special_tokens=False)["input_ids"]
+        answer_ids = self.token_ids(answers)
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         seqs = [p + a + [eos] for p, a in zip(prompt_ids, answer_ids)]
         labels = [[IGNORE_INDEX] * len(p) + a + [eos] for p, a in zip(prompt_ids, answer_ids)]
