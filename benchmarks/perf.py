@@ -1,6 +1,6 @@
 """Performance of mcl against the physical floor on this machine: ratios measured in one process.
 
-    python benchmarks/perf.py                    # everything (about 30 min on 2 CPU cores)
+    python benchmarks/perf.py                    # everything (about 35 min on 2 CPU cores)
     python benchmarks/perf.py --parts overhead,data,eval --repeats 5
     python benchmarks/perf.py --quick            # small budgets: checks the script, not the machine
 
@@ -345,15 +345,14 @@ def machine() -> str:
 
 
 def render(r: dict, args) -> str:
-    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    now = r.get("measured") or datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    command = r.get("command") or " ".join(["python benchmarks/perf.py", *sys.argv[1:]])
     lines = [
         "# mcl performance",
         "",
         f"Measured {now} on {machine()}; CPU, fp32, the default tiny model (`model=tiny`), "
         f"`bench=synth` unless noted. Medians over {args.repeats} repeats; every ratio compares "
-        "numbers measured in this one process. Command: `python benchmarks/perf.py"
-        + (f" {' '.join(sys.argv[1:])}" if sys.argv[1:] else "")
-        + "`.",
+        f"numbers measured in this one process. Command: `{command}`.",
         "",
     ]
     if "overhead" in r:
@@ -378,7 +377,8 @@ def render(r: dict, args) -> str:
         lines += [
             "## 2. Methods: training step vs. seq_lora, task-boundary work",
             "",
-            f"Two tasks of {args.method_steps} steps each; boundary = `on_task_start` + "
+            f"One run per method, two tasks of {args.method_steps} steps each; step = the median "
+            "of its steps; boundary = `on_task_start` + "
             "`on_task_end` of both tasks, share = boundary / training time. Targets: mixture "
             f"methods ({', '.join(MIXTURES)}) step ≤ {TARGETS['mixture_step']}× seq_lora; "
             f"boundary ≤ {TARGETS['boundary_share']:.0%} of task time.",
@@ -514,7 +514,10 @@ def why(r: dict, args) -> list[str]:
     for name, g in (r.get("growth") or {}).items():
         last = g["points"][max(g["points"])]
         if last["infer_ratio"] > TARGETS["growth"]:
-            out.append(f"- **{name}: inference per sample {last['infer_ratio']:.2f}× at 2 tasks.**")
+            out.append(
+                f"- **{name}: inference per sample at {max(g['points'])} tasks "
+                f"{last['infer_ratio']:.2f}× at 2 tasks.** " + WHY_GROWTH.get(name, "")
+            )
     if "growth" in r:
         out.append(
             "- **Growth is measured to 9 tasks, not 10**: the longest twin sequence (`clmm`) has "
@@ -540,6 +543,16 @@ WHY_STEP["dmole"] = (
     "LM body builds the router's representation before the real forward, and its experts sit "
     "in the vision tower as well as the LM (seq_lora: the LM only), with dropout 0.05."
 )
+WHY_GROWTH = {
+    "olora": (
+        "O-LoRA keeps every task's adapter active and sums them (peft's multi-adapter LoRA, "
+        "engineering notes §5.2); peft runs each active adapter's two matmuls in a Python loop, "
+        "so the per-token cost grows linearly with the tasks: on the tiny model, where a rank-8 "
+        "matmul costs about as much as the loop around it, 9 adapters are 2.2× 2. Not fixed yet: "
+        "concatenating the frozen adapters into one rank-(t·r) pair at evaluation gives the same "
+        "sums with one matmul pair."
+    ),
+}
 WHY_BOUNDARY = {
     "dmole": (
         "One autoencoder per task with the original recipe: up to 1,000 epochs, early stop "
@@ -561,9 +574,9 @@ WHY_BOUNDARY = {
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--parts", default="overhead,methods,data,eval,memory,growth")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=40, help="steps per overhead measurement")
-    p.add_argument("--method-steps", type=int, default=60)
+    p.add_argument("--method-steps", type=int, default=250, help="the default train.steps")
     p.add_argument("--methods", default=METHODS)
     p.add_argument("--growth-steps", type=int, default=5)
     p.add_argument("--growth-methods", default=",".join(EXPANDING))
@@ -609,6 +622,8 @@ def main() -> int:
         if "memory" in parts:
             r["memory"] = part_memory(tmp, args.quick)
             print("[perf] memory", r["memory"], flush=True)
+    r["measured"] = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    r["command"] = " ".join(["python benchmarks/perf.py", *sys.argv[1:]])
     text = render(r, args)
     Path(args.out).write_text(text + "\n")
     Path(args.out).with_suffix(".json").write_text(json.dumps({"args": vars(args), **r}, indent=1))
