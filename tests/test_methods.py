@@ -280,3 +280,40 @@ def test_seq_ft_trains_the_projector_in_full_and_checkpoints_it():
         _method(SeqFT, parts=["projecter"])
     with pytest.raises(ValueError, match="nothing to train"):
         SeqFT(parts=[])
+
+
+def test_olora_fused_test_time_adapters_equal_peft_sum_and_restore_training(bench):
+    m = _method(OLoRA, r=2)
+    for t in range(3):
+        m.on_task_start(t, None)
+    with torch.no_grad():
+        for layer in m.lora_layers():
+            for n in ("task0", "task1", "task2"):
+                layer.lora_B[n].weight.normal_(0, 0.5)
+    _, batch = _batch(m, bench)
+    m.eval()
+    looped = m.mllm(**batch).logits  # peft: one matmul pair per adapter
+    with m.fused_adapters():
+        assert all(layer.disable_adapters for layer in m.lora_layers())  # peft's path is off
+        fused = m.mllm(**batch).logits
+    assert torch.allclose(fused, looped, atol=1e-5)
+    for layer in m.lora_layers():  # the base alone differs: the hook adds the adapters' sum
+        layer._disable_adapters = True
+    assert not torch.allclose(m.mllm(**batch).logits, looped, atol=1e-3)
+    for layer in m.lora_layers():
+        layer._disable_adapters = False
+    # afterwards peft's adapters run again, and training sees no hook
+    assert not any(layer.disable_adapters for layer in m.lora_layers())
+    assert torch.equal(m.mllm(**batch).logits, looped)
+    prompts = m.mllm.collator.prompt_batch(_batch_samples(bench))
+    with_fused = m.generate(prompts, max_new_tokens=4)
+    m.n_adapters, n = 1, m.n_adapters  # below 2 adapters generate takes peft's loop
+    looped_answers = m.generate(prompts, max_new_tokens=4)
+    m.n_adapters = n
+    assert with_fused == looped_answers
+
+
+def _batch_samples(bench, task="color", n=4):
+    from mcl.data.shards import read_shards
+
+    return read_shards(bench.shard_paths(bench.task(task), "test"))[:n]
