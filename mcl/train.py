@@ -49,6 +49,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*requires torchvision.*")
     # Lightning's hint whenever SLURM is installed but the run is not inside a SLURM job
     warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
+    # ContinualMethod moves batches itself (tensors only), on purpose
+    warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
 
 
 def _loggers(cfg: DictConfig, data_source: str) -> list:
