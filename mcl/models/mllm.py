@@ -89,7 +89,8 @@ class ChatCollator:
     def _images(self, images) -> torch.Tensor:
         from mcl.models.fast_pixels import fast_pixel_values
 
-        fast = fast_pixel_values(self.processor.image_processor, images)  # same bits, 4x faster
+        # the processor's bits, 3.7x faster on a batch of 32 (None: use the processor)
+        fast = fast_pixel_values(self.processor.image_processor, images)
         if fast is not None:
             return fast
         return self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
