@@ -143,8 +143,7 @@ class ChatCollator:
         ids (the processor's padding stripped), per-token extras (e.g. Qwen2-VL's
         ``mm_token_type_ids``, same stripping) and the image tensors (``pixel_values`` and
         ``image_sizes`` / ``image_grid_thw``)."""
-        if self.modal is not None:
-            raise ValueError("x-modal inputs need expand='mcl' (LLaVA-1.5 collation)")
+        # (x-modal inputs cannot get here: set_modal refuses processor mode)
         if self.virtual_tokens:
             raise ValueError(
                 "soft-prompt slots (virtual_tokens) need expand='mcl' (LLaVA-1.5 collation); "
