@@ -75,6 +75,7 @@ class SMoLoRA(ContinualMethod):
         self._types: dict[str, torch.Tensor] = {}
         self._dm = None
         self._eval_task: str | None = None
+        self._if_experts: dict[int, torch.Tensor] = {}  # task -> IF expert per layer (diagnostic)
 
     # ------------------------------------------------------------------ structure
     def setup_model(self, mllm) -> None:
@@ -178,10 +179,16 @@ class SMoLoRA(ContinualMethod):
             for layer in self.layers():
                 layer._vu_route = None
 
-    @torch.no_grad()
     def if_experts(self, task: int) -> torch.Tensor:
         """Per layer, the IF expert that most of a task's training instructions are routed to.
-        IF routing reads only the instruction embedding, so no model forward is needed."""
+        IF routing reads only the instruction embedding, so no model forward is needed; the
+        routers are frozen, so each task's answer is computed once."""
+        if task not in self._if_experts:
+            self._if_experts[task] = self._route_instructions(task)
+        return self._if_experts[task]
+
+    @torch.no_grad()
+    def _route_instructions(self, task: int) -> torch.Tensor:
         name = self._dm.bench.task_names[task]
         if self.if_route == "oracle_type":
             emb = self.type_embedding(name)[None]

