@@ -38,7 +38,7 @@ class FrozenFeatures:
 
     @torch.no_grad()
     def text(self, texts: list[str]) -> torch.Tensor:
-        tok = self.mllm.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        tok = self.mllm.collator.token_ids(list(texts))  # cached: instructions repeat
         table = self.mllm.model.get_input_embeddings()
         rows = []
         for ids in tok:
