@@ -199,6 +199,40 @@ def _lr_lambda(warmup: int, total: int, floor: float = 0.1):
     return f
 
 
+def _fit(
+    mllm: MLLM,
+    next_batch,
+    steps: int,
+    lr: float,
+    warmup: int,
+    seed: int,
+    min_lr_ratio: float,
+    desc: str,
+    progress: bool,
+) -> dict:
+    """Full-parameter AdamW with linear warm-up and a cosine to ``min_lr_ratio``; ``next_batch()``
+    gives each step's samples."""
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(mllm.model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, steps, min_lr_ratio))
+    mllm.model.train()
+    losses, t0 = [], time.time()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2)
+    for step in bar:
+        batch = mllm.collator.train_batch(next_batch())
+        loss = mllm.model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(mllm.model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    mllm.model.eval()
+    return {"final_loss": float(np.mean(losses[-100:])), "seconds": round(time.time() - t0, 1)}
+
+
 def pretrain(
     mllm: MLLM,
     steps: int,
@@ -217,34 +251,64 @@ def pretrain(
     ``min_lr_ratio`` is where the cosine schedule ends.
     """
     rng = np.random.default_rng([seed, 7])
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(mllm.model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, steps, min_lr_ratio))
-    mllm.model.train()
-    losses, t0 = [], time.time()
-    bar = tqdm(range(steps), desc="pretraining tiny base", disable=not progress, mininterval=2)
     batches: list[list] = []
-    for step in bar:
+
+    def next_batch() -> list[dict]:
         if not batches:
             pool = [T.pretrain_sample(rng) for _ in range(bucket * batch_size)]
             if bucket > 1:  # grid listings are 3x longer than captions: group by length
                 pool.sort(key=lambda s: len(s.answer))
-            batches = [pool[i * batch_size : (i + 1) * batch_size] for i in range(bucket)]
+            batches.extend(pool[i * batch_size : (i + 1) * batch_size] for i in range(bucket))
             if bucket > 1:
-                batches = [batches[i] for i in rng.permutation(bucket)]
-        samples = batches.pop()
-        batch = mllm.collator.train_batch([vars(s) for s in samples])
-        loss = mllm.model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(mllm.model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-    mllm.model.eval()
-    return {"final_loss": float(np.mean(losses[-100:])), "seconds": round(time.time() - t0, 1)}
+                batches[:] = [batches[i] for i in rng.permutation(bucket)]
+        return [vars(s) for s in batches.pop()]
+
+    desc = "pretraining tiny base"
+    return _fit(mllm, next_batch, steps, lr, warmup, seed, min_lr_ratio, desc, progress)
+
+
+def instruct_tune(
+    mllm: MLLM,
+    twin: str,
+    tasks: list[str],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup: int,
+    seed: int,
+    min_lr_ratio: float = 0.1,
+    progress: bool = True,
+) -> dict:
+    """Joint instruction tuning of the whole base on a uniform mix of ``tasks`` of synthetic
+    twins (all training templates, samples drawn on the fly from a seed of their own, so never
+    the benchmark's own samples). A task is a name in ``twin`` or ``other_twin/name``. This
+    makes a base like InstructBLIP or LLaVA-1.5, which had been tuned on many instruction tasks
+    before any continual sequence starts — the condition under which He et al.
+    (specs/eproj_tir.md) find that regularisation works at all."""
+    from mcl.data import twins
+
+    chosen = []
+    for t in tasks or []:
+        tw, _, name = t.rpartition("/")
+        recipes = twins.recipes(tw or twin)
+        if name not in recipes:
+            raise ValueError(
+                f"instruct.tasks: {name!r} is not a task of twin {tw or twin!r}; choose from "
+                f"{', '.join(recipes)}"
+            )
+        if recipes[name].modality != "image":
+            raise ValueError(f"instruct.tasks must be image tasks; {t} is {recipes[name].modality}")
+        chosen.append(recipes[name])
+    if not chosen:
+        raise ValueError("instruct.tasks is empty; name the twin tasks to tune on")
+    rng = np.random.default_rng([seed, 11])
+
+    def next_batch() -> list[dict]:
+        picks = rng.integers(len(chosen), size=batch_size)
+        return [vars(chosen[i].sample(rng)) for i in picks]
+
+    desc = f"instruction-tuning tiny base ({len(tasks)} {twin} tasks)"
+    return _fit(mllm, next_batch, steps, lr, warmup, seed, min_lr_ratio, desc, progress)
 
 
 def load_tiny_base(
@@ -258,18 +322,59 @@ def load_tiny_base(
     name: str = "tiny",
     benchmark_words: bool = True,
     xmodal: dict | None = None,
+    instruct: dict | None = None,
 ) -> MLLM:
     """The pretrained tiny base (cached), with every synthetic twin's words added to its
     vocabulary (``benchmark_words``; see :func:`extend_vocabulary`). ``xmodal`` configures the
     non-image input modules a benchmark with other modalities gets (attached by ``mcl.train``;
-    the base itself is pretrained on images only)."""
+    the base itself is pretrained on images only). ``instruct`` (the arguments of
+    :func:`instruct_tune`) adds a second, cached stage: joint instruction tuning on twin tasks."""
     mllm = _pretrained_base(text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, progress)
     mllm.xmodal_cfg = xmodal
     if benchmark_words:
         from mcl.data import twins
 
         extend_vocabulary(mllm, twins.vocabulary_texts())
+    if instruct:
+        if not benchmark_words:
+            raise ValueError(
+                "model.instruct tunes on twin tasks, whose words the base only has with "
+                "benchmark_words=true; set model.benchmark_words=true or model.instruct=null"
+            )
+        _instruct_tuned(mllm, dict(instruct), cache_dir, progress)
+    mllm.name = name
     return mllm
+
+
+def _instruct_tuned(mllm: MLLM, instruct: dict, cache_dir: str | None, progress: bool) -> None:
+    """Stage two, in place: the instruction-tuned weights from the cache, or tuned (and cached)
+    on first use. Keyed by the stage-one base, the vocabulary and ``instruct``."""
+    vocab = sorted(mllm.tokenizer.get_vocab())
+    blob = json.dumps(
+        {"base": mllm.info.get("key"), "vocab": vocab, "instruct": instruct}, sort_keys=True
+    )
+    key = f"{mllm.info.get('key')}-it-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    path = root / "tiny" / key
+    weights = path / "model.safetensors"
+    if weights.exists():
+        mllm.model.load_state_dict(load_file(weights))
+        mllm.info = json.loads((path / "info.json").read_text())
+        mllm.model.eval()
+        return
+    print(f"[mcl] instruction-tuning the tiny base (first use, cached at {path})")
+    stats = instruct_tune(mllm, progress=progress, **instruct)
+    info = {
+        **mllm.info,
+        "key": key,
+        "base_key": mllm.info.get("key"),
+        "instruct": {**instruct, **stats},
+    }
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in mllm.model.state_dict().items()}
+    atomic_write_json(path / "info.json", info)  # info first, weights last (see above)
+    atomic_write_bytes(weights, save_tensors(state))
+    mllm.info = info
 
 
 def _pretrained_base(text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, progress) -> MLLM:
