@@ -307,7 +307,7 @@ def instruct_tune(
         picks = rng.integers(len(chosen), size=batch_size)
         return [vars(chosen[i].sample(rng)) for i in picks]
 
-    desc = f"instruction-tuning tiny base ({len(tasks)} {twin} tasks)"
+    desc = f"instruction-tuning tiny base ({len(chosen)} twin tasks)"
     return _fit(mllm, next_batch, steps, lr, warmup, seed, min_lr_ratio, desc, progress)
 
 
@@ -349,32 +349,17 @@ def load_tiny_base(
 def _instruct_tuned(mllm: MLLM, instruct: dict, cache_dir: str | None, progress: bool) -> None:
     """Stage two, in place: the instruction-tuned weights from the cache, or tuned (and cached)
     on first use. Keyed by the stage-one base, the vocabulary and ``instruct``."""
+    base_key = mllm.info.get("key")
     vocab = sorted(mllm.tokenizer.get_vocab())
-    blob = json.dumps(
-        {"base": mllm.info.get("key"), "vocab": vocab, "instruct": instruct}, sort_keys=True
-    )
-    key = f"{mllm.info.get('key')}-it-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    path = root / "tiny" / key
-    weights = path / "model.safetensors"
-    if weights.exists():
-        mllm.model.load_state_dict(load_file(weights))
-        mllm.info = json.loads((path / "info.json").read_text())
-        mllm.model.eval()
-        return
-    print(f"[mcl] instruction-tuning the tiny base (first use, cached at {path})")
-    stats = instruct_tune(mllm, progress=progress, **instruct)
-    info = {
-        **mllm.info,
-        "key": key,
-        "base_key": mllm.info.get("key"),
-        "instruct": {**instruct, **stats},
-    }
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in mllm.model.state_dict().items()}
-    atomic_write_json(path / "info.json", info)  # info first, weights last (see above)
-    atomic_write_bytes(weights, save_tensors(state))
-    mllm.info = info
+    blob = json.dumps({"base": base_key, "vocab": vocab, "instruct": instruct}, sort_keys=True)
+    key = f"{base_key}-it-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+    def build() -> dict:
+        print(f"[mcl] instruction-tuning the tiny base (first use, cached under {key})")
+        stats = instruct_tune(mllm, progress=progress, **instruct)
+        return {**mllm.info, "key": key, "base_key": base_key, "instruct": {**instruct, **stats}}
+
+    _load_or_build(mllm, _cache_root(cache_dir) / key, build)
 
 
 def _pretrained_base(text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, progress) -> MLLM:
@@ -383,20 +368,34 @@ def _pretrained_base(text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, 
     vocab = list(mllm.tokenizer.get_vocab())
     shape = {"text": text, "vision": vision, "pos_init_std": pos_init_std, "seed": seed}
     key = _base_key(shape, pretrain_cfg, sorted(vocab))
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    path = root / "tiny" / key
+    path = _cache_root(cache_dir) / key
+
+    def build() -> dict:
+        if pretrain_cfg.get("steps", 0) > 0:
+            print(f"[mcl] building the tiny base (first use, cached at {path})")
+            stats = pretrain(mllm, progress=progress, **pretrain_cfg)
+        else:
+            stats = {"final_loss": None, "seconds": 0.0}
+        return {"key": key, "pretrain": pretrain_cfg, **stats}
+
+    _load_or_build(mllm, path, build)
+    return mllm
+
+
+def _cache_root(cache_dir: str | None) -> Path:
+    return (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "tiny"
+
+
+def _load_or_build(mllm: MLLM, path: Path, build) -> None:
+    """Load ``mllm``'s weights and info from ``path``, or ``build()`` them (training ``mllm`` in
+    place, returning its info) and write both there."""
     weights = path / "model.safetensors"
     if weights.exists():
         mllm.model.load_state_dict(load_file(weights))
         mllm.info = json.loads((path / "info.json").read_text())
         mllm.model.eval()
-        return mllm
-    if pretrain_cfg.get("steps", 0) > 0:
-        print(f"[mcl] building the tiny base (first use, cached at {path})")
-        stats = pretrain(mllm, progress=progress, **pretrain_cfg)
-    else:
-        stats = {"final_loss": None, "seconds": 0.0}
-    info = {"key": key, "pretrain": pretrain_cfg, **stats}
+        return
+    info = build()
     path.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared tensors; the tiny config unties embeddings, so none exist.
     state = {k: v.contiguous() for k, v in mllm.model.state_dict().items()}
@@ -405,4 +404,3 @@ def _pretrained_base(text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, 
     atomic_write_json(path / "info.json", info)
     atomic_write_bytes(weights, save_tensors(state))
     mllm.info = info
-    return mllm
