@@ -13,7 +13,8 @@ a warning naming the differing keys.
 
 The table goes to stdout (warnings to stderr); --out (default ./report) receives report.md,
 report.csv (one row per group), matrices.png (mean accuracy matrix per group) and metrics.png
-(Last / MAA / BWT bars). From Python: `print(markdown_table(aggregate(collect(paths))))`.
+(Last / MAA / BWT bars). Below each table, BWT task by task, with a note where one task (often a
+CIDEr-scored caption task) makes up most of it. From Python: `print(markdown_table(aggregate(collect(paths))))`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from mcl.eval.metrics import bwt_per_task
 from mcl.eval.report import METRIC_ROWS, draw_matrix
 from mcl.utils.io import atomic_write_bytes, atomic_write_text
 
@@ -310,6 +312,8 @@ def _group(runs: list[dict], split: Sequence[str] = ()) -> dict:
         "runs": [r["dir"] for r in runs],
         "metrics": stats,
         "matrix": mean_matrix([r["matrix"] for r in runs]),
+        # per earlier task, A[T][j] - A[j][j] over seeds (BWT is the mean of these)
+        "bwt_tasks": [summarize(col) for col in zip(*(bwt_per_task(r["matrix"]) for r in runs))],
         "unseen_matrix": mean_matrix([r["unseen_matrix"] for r in runs]) if unseen else [],
         "config_diff": diff,
     }
@@ -466,6 +470,38 @@ def _table_row(g: dict, best: dict[str, float]) -> str:
     return _row(cells)
 
 
+# a task whose share of a method's summed |per-task BWT| exceeds this gets a note
+DOMINANT_SHARE = 0.5
+
+
+def _bwt_section(groups: Sequence[dict]) -> list[str]:
+    """BWT task by task (A[T][j] - A[j][j], mean ± std over seeds), and a note where one task
+    makes up most of a method's BWT: scorers differ in scale (CIDEr can pass 400 where
+    accuracies stop at 100), so one caption task can decide a BWT comparison on its own."""
+    earlier = groups[0]["tasks"][:-1]
+    if len(earlier) < 2:  # with one earlier task the table would repeat the BWT column
+        return []
+    lines = ["", "BWT per task (final score minus the score just after training it):", ""]
+    lines += [_row(["method", *earlier]), _row(["---"] + ["--:"] * len(earlier))]
+    notes = []
+    for g in groups:
+        lines.append(_row([g["label"], *(format_stat(s, g["n_seeds"]) for s in g["bwt_tasks"])]))
+        means = [s["mean"] for s in g["bwt_tasks"]]
+        total = sum(abs(m) for m in means if m is not None)
+        if total > 0:
+            top = max(range(len(means)), key=lambda j: abs(means[j] or 0.0))
+            share = abs(means[top]) / total
+            if share > DOMINANT_SHARE:
+                notes.append(f"{earlier[top]} makes up {share:.0%} of {g['label']}'s")
+    if notes:
+        lines += [
+            "",
+            "Note: one task dominates BWT here (" + "; ".join(notes) + " summed per-task |BWT|). "
+            "Scorers differ in scale, so compare the columns above too.",
+        ]
+    return lines
+
+
 def _section(groups: Sequence[dict], split: bool, bold: bool) -> str:
     """One table: groups of one bench on the same data and tasks; `split` if the bench has
     other such tables."""
@@ -491,6 +527,7 @@ def _section(groups: Sequence[dict], split: bool, bold: bool) -> str:
     ]
     if best:
         lines.append("Bold: best continual method per column (joint / zero_shot are bounds).")
+    lines += _bwt_section(groups)
     lines += ["", "Runs:"]
     for g in groups:
         seeds = f"seed{'s' if g['n_seeds'] > 1 else ''} {', '.join(map(str, g['seeds']))}"

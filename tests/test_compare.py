@@ -76,10 +76,25 @@ def load(run_dir):
     return json.loads((run_dir / "results.json").read_text())
 
 
+def tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Every Markdown table in `text`: (header cells, body rows split into cells)."""
+    blocks, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("| "):
+            current.append([c.strip() for c in line.strip("|").split("|")])
+        elif current:
+            blocks.append((current[0], [r for r in current[1:] if r[0] != "---"]))
+            current = []
+    return blocks
+
+
 def table_rows(text: str) -> list[list[str]]:
-    """The body rows of every Markdown table in `text`, split into cells."""
-    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
-    return [[c.strip() for c in r] for r in rows if r[0].strip() not in ("method", "---")]
+    """The body rows of the comparison tables in `text` (not the per-task BWT tables)."""
+    return [row for head, rows in tables(text) if head[1] == "n seeds" for row in rows]
+
+
+def bwt_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    return [(head, rows) for head, rows in tables(text) if head[1] != "n seeds"]
 
 
 def test_mean_and_std_over_three_seeds_match_numpy(tmp_path):
@@ -286,3 +301,45 @@ def test_split_by_keeps_ablations_apart_and_labels_them(tmp_path, capsys):
         main([str(tmp_path), "--split-by", "method.allocator", "--out", str(tmp_path / "r")]) == 0
     )
     assert "dmole (allocator=fixed)" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_bwt_per_task_table_and_dominance_note(tmp_path, capsys):
+    # four tasks; the third is a caption task on a CIDEr-like scale that dominates BWT
+    tasks = ["a", "b", "cap", "d"]
+    for seed in range(2):
+        run_dir = make_run(tmp_path, seed=seed, tasks=tasks)
+        results = load(run_dir)
+        A = [[None] * 4 for _ in range(5)]
+        for i in range(1, 5):
+            for j in range(1, i + 1):  # forgetting grows with distance; "cap" is scaled x10
+                A[i][j - 1] = (80.0 - 5 * (i - j) - seed) * (10 if j == 3 else 1)
+        results["matrix"] = A
+        results["metrics"] = continual_metrics(A)
+        (run_dir / "results.json").write_text(json.dumps(results))
+    assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert bwt_tables(out) == [  # the three earlier tasks; the last cannot be forgotten yet
+        (["method", "a", "b", "cap"], [["seq_lora", "-15.0 ± 0.0", "-10.0 ± 0.0", "-50.0 ± 0.0"]])
+    ]
+    # BWT is the mean of the per-task columns
+    (group,) = aggregate(collect([tmp_path]))
+    assert group["metrics"]["bwt"]["mean"] == pytest.approx((-15 - 10 - 50) / 3)
+    assert "cap makes up 67% of seq_lora's" in out
+
+    # balanced tasks: the table stays, the note does not
+    for run_dir in (tmp_path / "synth" / "seq_lora").glob("s*/*"):
+        results = load(run_dir)
+        results["matrix"] = [
+            [v / 10 if v and j == 2 else v for j, v in enumerate(row)] for row in results["matrix"]
+        ]
+        (run_dir / "results.json").write_text(json.dumps(results))
+    assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert bwt_tables(out)[0][1] == [["seq_lora", "-15.0 ± 0.0", "-10.0 ± 0.0", "-5.0 ± 0.0"]]
+    assert "dominates BWT" not in out
+
+
+def test_no_per_task_table_with_two_tasks(tmp_path, capsys):
+    make_run(tmp_path, tasks=["a", "b"])
+    assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert "BWT per task" not in capsys.readouterr().out

@@ -69,6 +69,17 @@ def stage_metrics(matrix: Sequence[Sequence[float | None]]) -> list[dict]:
     return out
 
 
+def bwt_per_task(matrix: Sequence[Sequence[float | None]]) -> list[float | None]:
+    """A[T][j] - A[j][j] for j = 1..T-1: each earlier task's share of BWT (BWT is their mean).
+    Worth reading when tasks' scorers have different scales: a CIDEr task near 400 can make
+    BWT mostly about itself."""
+    a = _clean(matrix)
+    T = len(a) - 1
+    if T < 1 or len(a[0]) != T:
+        raise ValueError(f"matrix must have T+1 rows of T cells (T >= 1), got {len(a)} rows")
+    return [_diff(a[T][j - 1], a[j][j - 1]) for j in range(1, T)]
+
+
 def continual_metrics(
     matrix: Sequence[Sequence[float | None]],
     unseen: Sequence[Sequence[float | None]] | None = None,
