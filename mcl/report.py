@@ -14,7 +14,8 @@ a warning naming the differing keys.
 The table goes to stdout (warnings to stderr); --out (default ./report) receives report.md,
 report.csv (one row per group), matrices.png (mean accuracy matrix per group) and metrics.png
 (Last / MAA / BWT bars). Below each table, BWT task by task, with a note where one task (often a
-CIDEr-scored caption task) makes up most of it. From Python: `print(markdown_table(aggregate(collect(paths))))`.
+CIDEr-scored caption task) makes up most of it.
+From Python: `print(markdown_table(aggregate(collect(paths))))`.
 """
 
 from __future__ import annotations

@@ -132,6 +132,25 @@ def test_tir_rescales_each_element_by_one_minus_the_similarity_to_its_owner():
     assert sum(info["importance_owner_share"]) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("in_place", [True, False])
+def test_tir_without_similarity_rescaling_keeps_the_max_merged_importance(in_place):
+    m = _method(TIREWC, rescale_by_similarity=False, rescale_in_place=in_place)
+    names = sorted(m.trainable_named())
+    before = {}
+    for n in names:
+        m.importance(n).uniform_()
+        m.owner(n).copy_((torch.arange(m.owner(n).numel()) % 2).reshape(m.owner(n).shape))
+        before[n] = m.importance(n).clone()
+    a, b, c = _unit([1, 0, 0], [0.6, 0.8, 0], [0.8, 0.6, 0])
+    m.embeddings = {
+        j: {k: v for k in ("image", "instruction", "answer")} for j, v in enumerate((a, b, c))
+    }
+    m.on_task_start(2, dm=object())
+    assert m.similarity is not None and float(m.similarity[2, 0]) > 0.1  # still computed, logged
+    for n in names:
+        assert torch.equal(m.weight(n), before[n])
+
+
 # ---------------------------------------------------------------- EProj
 def test_expandable_linear_routes_each_sample_to_its_expert():
     torch.manual_seed(0)

@@ -14,7 +14,9 @@ way (shared/specs/eproj_tir.md):
 Options for the original code's quirks: ``divide_by_iterations`` (the code divides the normalised
 importance by the number of batches of the importance pass; default off, so ``lam`` means what it
 means for ``ewc``); ``rescale_in_place`` (default on, as in the code: the (1 - sim) rescaling is
-applied to the stored importance, so it compounds over tasks; off = a per-task rescaled copy).
+applied to the stored importance, so it compounds over tasks; off = a per-task rescaled copy);
+``rescale_by_similarity`` (default on; off is an ablation, not the method: the max-merged
+importance with no (1 - sim) rescaling, so "max" and "similarity" can be measured apart).
 The similarity matrix of every task is saved in ``results.json`` (``method_info``).
 """
 
@@ -37,12 +39,14 @@ class _TIR:
         embed_seed: int = 0,
         divide_by_iterations: bool = False,
         rescale_in_place: bool = True,
+        rescale_by_similarity: bool = True,
         **kw,
     ):
         kw.setdefault("lam", 1.0e5)
         super().__init__(name=name, **kw)  # EWC or MAS
         self.embed_samples, self.embed_seed = embed_samples, embed_seed
         self.divide_by_iterations, self.rescale_in_place = divide_by_iterations, rescale_in_place
+        self.rescale_by_similarity = rescale_by_similarity
         self.normalize = True  # TIR's importance always sums to 1 per task
         self.embeddings: dict[int, dict[str, torch.Tensor]] = {}
         self.similarity: torch.Tensor | None = None
@@ -75,6 +79,8 @@ class _TIR:
         names = getattr(getattr(dm, "bench", None), "task_names", None)
         self._names = names or [f"task{j}" for j in range(task + 1)]
         row = self.similarity[task]  # sim(c, j) for every j (j = c: 1)
+        if not self.rescale_by_similarity:  # the ablation: similarities logged, never applied
+            row = torch.zeros_like(row)
         scales = {}
         for n in self.trainable_named():
             own = self.owner(n)
