@@ -103,7 +103,7 @@ def continual_metrics(
     out = {
         "last": last,
         "maa": _mean(_mean(A(i, j) for j in range(1, i + 1)) for i in tasks),
-        "bwt": _mean(_diff(A(T, j), A(j, j)) for j in range(1, T)),
+        "bwt": _mean(bwt_per_task(a)),
         "bwt_max": _mean(_diff(A(T, j), _max(A(i, j) for i in range(T + 1))) for j in tasks),
         "forgetting": _mean(
             _diff(_max(A(i, j) for i in range(1, T)), A(T, j)) for j in range(1, T)
