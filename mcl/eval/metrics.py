@@ -69,15 +69,24 @@ def stage_metrics(matrix: Sequence[Sequence[float | None]]) -> list[dict]:
     return out
 
 
+def _continual(matrix: Sequence[Sequence[float | None]]) -> list[list[float | None]]:
+    """The cleaned matrix, checked to have T+1 rows of T cells."""
+    a = _clean(matrix)
+    if len(a) < 2 or len(a[0]) != len(a) - 1:
+        raise ValueError(f"matrix must have T+1 rows of T cells (T >= 1), got {len(a)} rows")
+    return a
+
+
+def _bwt_terms(a: list[list[float | None]]) -> list[float | None]:
+    T = len(a) - 1
+    return [_diff(a[T][j - 1], a[j][j - 1]) for j in range(1, T)]
+
+
 def bwt_per_task(matrix: Sequence[Sequence[float | None]]) -> list[float | None]:
     """A[T][j] - A[j][j] for j = 1..T-1: each earlier task's share of BWT (BWT is their mean).
     Worth reading when tasks' scorers have different scales: a CIDEr task near 400 can make
     BWT mostly about itself."""
-    a = _clean(matrix)
-    T = len(a) - 1
-    if T < 1 or len(a[0]) != T:
-        raise ValueError(f"matrix must have T+1 rows of T cells (T >= 1), got {len(a)} rows")
-    return [_diff(a[T][j - 1], a[j][j - 1]) for j in range(1, T)]
+    return _bwt_terms(_continual(matrix))
 
 
 def continual_metrics(
@@ -89,10 +98,8 @@ def continual_metrics(
     `matrix` has T+1 rows of T cells; `unseen` (optional) has T+1 rows, one cell per unseen task.
     Returns plain floats or None, plus a `conventions` dict naming the definitions used.
     """
-    a = _clean(matrix)
+    a = _continual(matrix)
     T = len(a) - 1
-    if T < 1 or len(a[0]) != T:
-        raise ValueError(f"matrix must have T+1 rows of T cells (T >= 1), got {len(a)} rows")
 
     def A(i: int, j: int) -> float | None:  # 1-based task index j, as in metrics.md
         return a[i][j - 1]
@@ -103,7 +110,7 @@ def continual_metrics(
     out = {
         "last": last,
         "maa": _mean(_mean(A(i, j) for j in range(1, i + 1)) for i in tasks),
-        "bwt": _mean(bwt_per_task(a)),
+        "bwt": _mean(_bwt_terms(a)),
         "bwt_max": _mean(_diff(A(T, j), _max(A(i, j) for i in range(T + 1))) for j in tasks),
         "forgetting": _mean(
             _diff(_max(A(i, j) for i in range(1, T)), A(T, j)) for j in range(1, T)
