@@ -78,9 +78,9 @@ class _TIR:
         self.similarity = task_similarity([self.embed(j, dm) for j in range(task + 1)])
         names = getattr(getattr(dm, "bench", None), "task_names", None)
         self._names = names or [f"task{j}" for j in range(task + 1)]
-        row = self.similarity[task]  # sim(c, j) for every j (j = c: 1)
         if not self.rescale_by_similarity:  # the ablation: similarities logged, never applied
-            row = torch.zeros_like(row)
+            return
+        row = self.similarity[task]  # sim(c, j) for every j (j = c: 1)
         scales = {}
         for n in self.trainable_named():
             own = self.owner(n)
