@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from mcl.adapters.smolora import SMoLoRALinear
+from mcl.data import twins
 from mcl.data.bench import Benchmark
 from mcl.data.datamodule import ContinualDataModule
-from mcl.methods.smolora import SMoLoRA, instruction_of
+from mcl.data.tasks import instruction_text
+from mcl.methods.smolora import SMoLoRA, instruction_of, route_text
 from mcl.models.mllm import model_inputs
 from mcl.models.tiny import build_tiny
 from mcl.train import run
@@ -88,6 +91,41 @@ def test_instruction_is_the_last_sentence():
     assert instruction_of("describe it in one sentence.") == "describe it in one sentence."
 
 
+def test_route_text_uses_the_recorded_instruction_whole_or_its_last_sentence():
+    q = "how many shapes? A. 1 B. 2 C. 3 answer with the option letter."
+    assert route_text(q, None, whole=True) == "3 answer with the option letter."  # fallback
+    full = "what is the object? answer using one word."
+    assert route_text("what is the object? answer using one word.", full, whole=True) == full
+    assert route_text(full, full, whole=False) == "answer using one word."
+    assert route_text(q, "answer with the option letter.", False) == (
+        "answer with the option letter."
+    )
+
+
+def test_cvit_twin_records_the_instruction_the_papers_type_table_embeds():
+    """ScienceQA's options end without a full stop, so the question's last sentence swallows
+    the last option ("3 answer with ..."): one instruction became two routes. The recorded
+    instruction is the template's own text. ImageNet's whole instruction is its own row in the
+    paper's single-type table, distinct from the VQA tasks', while its last sentence is theirs."""
+    recipes = twins.recipes("cvit")
+
+    def samples(task, n=40):
+        return [recipes[task].sample(np.random.default_rng(i), n_templates=1) for i in range(n)]
+
+    sqa = samples("scienceqa")
+    assert len({instruction_of(s.question) for s in sqa}) > 1  # what the question alone gives
+    assert {s.meta["instruction"] for s in sqa} == {
+        "answer with the option letter from the given choices directly."
+    }
+    whole = {t: {s.meta["instruction"] for s in samples(t)} for t in ("imagenet", "textvqa", "gqa")}
+    assert all(len(v) == 1 for v in whole.values())
+    assert whole["textvqa"] == whole["gqa"] != whole["imagenet"]
+    (inet,) = whole["imagenet"]
+    assert route_text("", inet, whole=False) == next(iter(whole["textvqa"]))
+    assert instruction_text("{q} {options} pick one.") == "pick one."
+    assert instruction_text("{q}") == ""
+
+
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     return Benchmark(_gen(tmp_path_factory.mktemp("smolora") / "t", train=32, test=12))
@@ -119,7 +157,8 @@ def test_smolora_targets_the_mlp_and_projector_and_starts_as_the_base(bench):
     m.mllm(**inputs)
     layer = m.layers()[0]
     if_routes = layer.last_route[1]
-    instr = [instruction_of(q) for q in batch["questions"]]
+    instr = [route_text(q, i, False) for q, i in zip(batch["questions"], batch["instructions"])]
+    assert all(i is not None for i in batch["instructions"])  # the twin records them
     for i in range(len(instr)):
         for j in range(len(instr)):
             if instr[i] == instr[j]:

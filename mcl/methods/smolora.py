@@ -10,10 +10,15 @@ The projector's experts train at ``projector_lr`` (the code: 2e-5 against 1e-4).
 Routing options:
 
 - ``if_route: text_embedding`` (default, honest): each sample's own instruction — the last
-  sentence of its question — embedded by a frozen encoder; no task id at test time.
-  ``oracle_type`` (the paper): one embedding per task type — the mean over the task's
-  instructions — chosen at test time from the task being evaluated; the runner then tells the
+  sentence of its instruction, as the spec's "last line of the prompt" — embedded by a frozen
+  encoder; no task id at test time. ``oracle_type`` (the paper): one embedding per task type —
+  the mean over the task's *whole* instructions, as the code's ``ins_gen.py`` table embeds
+  ImageNet's "What is the object in the image? Answer the question using a single word or
+  phrase." — chosen at test time from the task being evaluated; the runner then tells the
   method the task and ``results.json`` records ``task_id_at_test: true``.
+
+A sample's instruction is ``meta.instruction`` when its data records it (the twins do: the
+template's text without the per-sample fields); otherwise its question's last sentence.
 - ``vu_route: faithful`` (the code): the mean over every position, padding and answer included,
   and during generation re-chosen at every decode step from that token alone; ``prompt_only``:
   the mean over prompt tokens, fixed after the prefill.
@@ -33,15 +38,25 @@ import torch
 
 from mcl.adapters import wrap_linears
 from mcl.adapters.smolora import SMoLoRALinear
+from mcl.data.tasks import sample_instruction
 from mcl.methods.base import ContinualMethod
 from mcl.models.mllm import IGNORE_INDEX
 from mcl.models.text_encoder import make_text_encoder
 
 
 def instruction_of(question: str) -> str:
-    """The instruction part of a question: its last sentence (CVIT puts the format there)."""
+    """The last sentence of a text (CVIT puts the answer format there)."""
     parts = [p.strip() for p in re.split(r"(?<=[?.!\n])\s+", question.strip()) if p.strip()]
     return parts[-1] if parts else question
+
+
+def route_text(question: str, instruction: str | None, whole: bool) -> str:
+    """What the IF router embeds for one sample: its instruction (``meta.instruction``) whole
+    (``oracle_type``'s table) or its last sentence (``text_embedding``); without a recorded
+    instruction, the question's last sentence for both."""
+    if instruction is None:
+        return instruction_of(question)
+    return instruction if whole else instruction_of(instruction)
 
 
 class SMoLoRA(ContinualMethod):
@@ -139,15 +154,18 @@ class SMoLoRA(ContinualMethod):
                 samples = dm.sample_task(names.index(task_name), self.type_samples)
             else:  # an unseen task: its test instructions (the paper assigns a type by hand)
                 samples = dm.test_samples(task_name)[: self.type_samples]
-            emb = self.encoder.text([instruction_of(s["question"]) for s in samples])
-            self._types[task_name] = emb.mean(0)
+            texts = [route_text(s["question"], sample_instruction(s), True) for s in samples]
+            self._types[task_name] = self.encoder.text(texts).mean(0)
         return self._types[task_name]
 
     def if_inputs(self, batch: dict, task_name: str | None) -> torch.Tensor:
         questions = batch["questions"]
         if self.if_route == "oracle_type":
             return self.type_embedding(task_name)[None].expand(len(questions), -1)
-        return self.encoder.text([instruction_of(q) for q in questions])
+        instructions = batch.get("instructions") or [None] * len(questions)
+        return self.encoder.text(
+            [route_text(q, i, False) for q, i in zip(questions, instructions, strict=True)]
+        )
 
     def _set_context(self, batch: dict, task_name: str | None, training: bool) -> None:
         emb = self.if_inputs(batch, task_name)
@@ -194,7 +212,8 @@ class SMoLoRA(ContinualMethod):
             emb = self.type_embedding(name)[None]
         else:
             samples = self._dm.sample_task(task, self.type_samples)
-            emb = self.encoder.text([instruction_of(s["question"]) for s in samples])
+            texts = [route_text(s["question"], sample_instruction(s), False) for s in samples]
+            emb = self.encoder.text(texts)
         rows = []
         for layer in self.layers():
             gate = layer.lora_if_gate

@@ -12,10 +12,12 @@ import re
 import torch
 from torch import nn
 
+from mcl.data.tasks import sample_instruction
+
 IGNORE_INDEX = -100
-# batch entries that are not model inputs: skip accounting, and the raw instructions (methods
-# that route by instruction, e.g. EProj, embed them; the model never sees the list)
-NON_MODEL_KEYS = ("n_skipped", "skipped_examples", "questions", "virtual_mask")
+# batch entries that are not model inputs: skip accounting, the raw questions and the recorded
+# instructions (methods that route by instruction, e.g. EProj, SMoLoRA, embed them)
+NON_MODEL_KEYS = ("n_skipped", "skipped_examples", "questions", "instructions", "virtual_mask")
 EXPAND_MODES = ("mcl", "processor")  # who expands the image placeholder (see ChatCollator)
 # processor outputs aligned with input_ids (besides the mask): kept, extended over the answer
 PER_TOKEN_KEYS = ("mm_token_type_ids",)
@@ -248,6 +250,7 @@ class ChatCollator:
         batch["n_skipped"] = torch.tensor(len(samples) - len(good))
         batch["skipped_examples"] = bad[:1]
         batch["questions"] = [s["question"] for s in good]
+        batch["instructions"] = [sample_instruction(s) for s in good]
         return batch
 
     def prompt_batch(self, samples: list[dict]) -> dict[str, torch.Tensor]:
@@ -255,6 +258,7 @@ class ChatCollator:
             [s["question"] for s in samples], [s["image"] for s in samples], samples=samples
         )
         batch["questions"] = [s["question"] for s in samples]
+        batch["instructions"] = [sample_instruction(s) for s in samples]
         return batch
 
 
