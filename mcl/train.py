@@ -157,6 +157,10 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
             f"{', '.join(sorted(mllm.xmodal.inputs))} inputs; set model.xmodal.enabled=false "
             "(every payload rendered as an image) or pick another method"
         )
+    # the method's own initialisation (adapters, routers, prompts) depends on the seed alone.
+    # Model loaders reseed or consume the global RNG (the tiny base seeds its construction; a
+    # cold cache also trains it): before 2026-11-28 every seed drew the same adapters here.
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:  # a method that cannot fit this model (targets, budgets) says so in one line
         method.check_bench(bench)
         method.setup_model(mllm)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from mcl.train import run
@@ -299,3 +300,21 @@ def test_bad_scorer_mode_fails_before_the_model_is_built(tmp_path, micro_overrid
     ) as e:
         build(cfg, tmp_path / "run")
     assert "\n" not in str(e.value)
+
+
+def test_the_seed_draws_the_methods_initialisation(tmp_path, micro_overrides):
+    """Adapters (and SMoLoRA's frozen routers) are drawn from the run's seed, whatever the model
+    loader did to the global RNG: the same seed gives the same draw, from a cold model cache
+    (the first build) or a warm one, and another seed another."""
+    from mcl.train import build
+
+    def init(seed, sub):
+        over = [*micro_overrides, "method=smolora", "method.r=8", "method.experts=4"]
+        cfg = compose_cfg(tmp_path, [*over, "method.n_vu=2", f"seed={seed}"])
+        method = build(cfg, tmp_path / sub).method
+        return {n: p.detach().clone() for n, p in method.named_parameters() if "lora_" in n}
+
+    a, again, other = init(0, "a"), init(0, "b"), init(1, "c")
+    drawn = [n for n in a if n.endswith(("lora_A", "_gate.weight"))]
+    assert drawn and all(torch.equal(a[n], again[n]) for n in a)
+    assert all(not torch.equal(a[n], other[n]) for n in drawn)
