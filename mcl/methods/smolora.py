@@ -16,12 +16,12 @@ Routing options:
   ImageNet's "What is the object in the image? Answer the question using a single word or
   phrase." — chosen at test time from the task being evaluated; the runner then tells the
   method the task and ``results.json`` records ``task_id_at_test: true``.
-
-A sample's instruction is ``meta.instruction`` when its data records it (the twins do: the
-template's text without the per-sample fields); otherwise its question's last sentence.
 - ``vu_route: faithful`` (the code): the mean over every position, padding and answer included,
   and during generation re-chosen at every decode step from that token alone; ``prompt_only``:
   the mean over prompt tokens, fixed after the prefill.
+
+A sample's instruction is ``meta.instruction`` when its data records it (the twins do: the
+template's text without the per-sample fields); otherwise its question's last sentence.
 
 The instruction encoder (``encoder``): ``lm`` (default) is the frozen LM's mean-pooled input
 embeddings (no extra package); ``minilm`` is the paper's all-MiniLM-L6-v2, bundled offline by the
