@@ -154,9 +154,13 @@ class SMoLoRA(ContinualMethod):
                 samples = dm.sample_task(names.index(task_name), self.type_samples)
             else:  # an unseen task: its test instructions (the paper assigns a type by hand)
                 samples = dm.test_samples(task_name)[: self.type_samples]
-            texts = [route_text(s["question"], sample_instruction(s), True) for s in samples]
-            self._types[task_name] = self.encoder.text(texts).mean(0)
+            self._types[task_name] = self._embed_samples(samples, whole=True).mean(0)
         return self._types[task_name]
+
+    def _embed_samples(self, samples: list[dict], whole: bool) -> torch.Tensor:
+        """The IF router's input for decoded samples (see :func:`route_text`)."""
+        texts = [route_text(s["question"], sample_instruction(s), whole) for s in samples]
+        return self.encoder.text(texts)
 
     def if_inputs(self, batch: dict, task_name: str | None) -> torch.Tensor:
         questions = batch["questions"]
@@ -212,8 +216,7 @@ class SMoLoRA(ContinualMethod):
             emb = self.type_embedding(name)[None]
         else:
             samples = self._dm.sample_task(task, self.type_samples)
-            texts = [route_text(s["question"], sample_instruction(s), False) for s in samples]
-            emb = self.encoder.text(texts)
+            emb = self._embed_samples(samples, whole=False)
         rows = []
         for layer in self.layers():
             gate = layer.lora_if_gate
