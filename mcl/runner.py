@@ -106,6 +106,16 @@ class _MidTaskCheckpoint(L.Callback):
                 os.replace(tmp, self.path)
 
 
+class _WhereTrained(L.Callback):
+    """Records the device the task's training steps ran on."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.runner.ran_on("train")
+
+
 class ContinualRunner:
     def __init__(
         self,
@@ -162,6 +172,30 @@ class ContinualRunner:
         self.method_eval: list[dict] = [{} for _ in range(T + 1)]
         self.timings: dict[str, list[float] | float] = {"train_s": [], "eval_s": []}
         self.global_step = 0
+        # per phase (eval, train, task_start, task_end): the devices it ran on
+        self.devices: dict[str, list[str]] = {}
+        self._device: torch.device | None = None
+
+    # ------------------------------------------------------------------ placement
+    @property
+    def device(self) -> torch.device:
+        """The device ``hardware`` names for this process (a DDP rank's own GPU), as the
+        Trainer's strategy resolves it."""
+        if self._device is None:
+            self._device = self.build_trainer().strategy.root_device
+        return self._device
+
+    def place(self) -> None:
+        """The method (model included) on the run's device. Lightning's teardown after every
+        ``fit`` moves the module back to the CPU on GPU machines; evaluation and task-boundary
+        work must not follow it there."""
+        self.method.to(self.device)
+
+    def ran_on(self, phase: str) -> None:
+        where = str(next(self.method.parameters()).device)
+        seen = self.devices.setdefault(phase, [])
+        if where not in seen:
+            seen.append(where)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_task(self, name: str, row: int) -> tuple[float, float | None]:
@@ -199,6 +233,8 @@ class ContinualRunner:
 
     def evaluate_row(self, row: int, columns: list[int]) -> None:
         t0 = time.time()
+        self.place()
+        self.ran_on("eval")
         names = [self.bench.tasks[j]["name"] for j in columns] + self.bench.unseen_names
         bar = tqdm(names, desc=f"evaluating row {row}", disable=not self.progress, leave=False)
         for name in bar:
@@ -227,7 +263,7 @@ class ContinualRunner:
             enable_progress_bar=self.progress,
             num_sanity_val_steps=0,
             limit_val_batches=0,
-            callbacks=[*self.method.callbacks(), _SkipCounter(self.dm), *extra]
+            callbacks=[*self.method.callbacks(), _SkipCounter(self.dm), _WhereTrained(self), *extra]
             + ([TQDMProgressBar(refresh_rate=20)] if self.progress else []),
             log_every_n_steps=10,
             **self.trainer_kwargs,
@@ -254,7 +290,10 @@ class ContinualRunner:
     def train_task(self, t: int) -> None:
         L.seed_everything(self.seed * 1000 + t, workers=True, verbose=False)
         self.dm.set_task(t, mix=self.method.train_mixture(t, self.bench))
+        self.place()
+        self.ran_on("task_start")
         self.method.on_task_start(t, self.dm)
+        self.method.keep_fp32_masters()  # what the task added, and what it now trains
         self._sync_ranks(f"task {t} start")
         self.check_trainable(t)
         self.params.append({"task": self.bench.task_names[t], **self.method.parameter_counts()})
@@ -269,7 +308,11 @@ class ContinualRunner:
                 print(f"[mcl] resuming task {t} from its mid-task checkpoint {partial}")
             trainer.fit(self.method, datamodule=self.dm, ckpt_path=ckpt, weights_only=True)
             self.global_step += trainer.global_step
+            if "train" not in self.devices:  # trained in forked ranks (ddp_cpu): their device
+                self.devices["train"] = [str(trainer.strategy.root_device)]
         self.timings["train_s"].append(round(time.time() - t0, 2))
+        self.place()  # back from wherever the Trainer's teardown left it
+        self.ran_on("task_end")
         self.method.on_task_end(t, self.dm)
         self._sync_ranks(f"task {t} end")
         info = self.method.task_info(t)
@@ -311,6 +354,7 @@ class ContinualRunner:
             "timings": self.timings,
             "global_step": self.global_step,
             "skipped": self.dm.skipped,
+            "devices": self.devices,
         }
 
     def try_resume(self) -> int:
@@ -323,6 +367,7 @@ class ContinualRunner:
         state = json.loads(done[-1].read_text())
         t = state["finished_task"]
         self.method.on_resume(t)
+        self.method.keep_fp32_masters()  # before loading: fp32 tensors into fp32 parameters
         self.method.load_adapter_state(load_file(str(done[-1].parent / "adapters.safetensors")))
         self.matrix, self.unseen = state["matrix"], state["unseen_matrix"]
         self.if_scores, self.params = state["if_scores"], state["params"]
@@ -331,6 +376,7 @@ class ContinualRunner:
         self.method_info = state.get("method_info", [])
         self.method_eval = state.get("method_eval", self.method_eval)
         self.timings, self.global_step = state["timings"], state["global_step"]
+        self.devices = state.get("devices", {})
         self.dm.skipped = state.get("skipped", {})
         self.method.current_task = t
         print(f"[mcl] resuming after task {t + 1} ({self.bench.task_names[t]})")
@@ -413,6 +459,7 @@ class ContinualRunner:
             "method_info": self.method_info,
             "method_eval": self.method_eval,
             "timings": self.timings,
+            "devices": self.devices,  # per phase, the devices it ran on
             # training processes (DDP ranks; ddp_cpu's forked ranks train, the main evaluates)
             "processes": max(dist.world(), _n_processes(self.trainer_kwargs)),
             **self.meta,

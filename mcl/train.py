@@ -93,6 +93,13 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
     """The hardware group's Trainer arguments, plus the gradient accumulation that a
     ``train.global_batch`` asks for (anchors quote global batches: MCITlib's 64)."""
     kw = OmegaConf.to_container(cfg.hardware, resolve=True)
+    precision = str(kw.get("precision", ""))
+    if precision.endswith("-true") and precision != "32-true" and precision != "64-true":
+        raise ConfigError(
+            f"hardware.precision={precision} casts the method's fp32 parameters to half "
+            "precision, where small updates round to nothing; use bf16-mixed (or 16-mixed) and "
+            "model.dtype=bfloat16 for a half-precision base"
+        )
     want = cfg.train.get("global_batch")
     if want:
         devices = kw.get("devices", 1)
@@ -164,6 +171,7 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
     try:  # a method that cannot fit this model (targets, budgets) says so in one line
         method.check_bench(bench)
         method.setup_model(mllm)
+        method.keep_fp32_masters()
     except ValueError as e:
         raise ConfigError(f"method {cfg.method.name}: {e}") from None
     dm = ContinualDataModule(

@@ -116,13 +116,14 @@ class AnALinear(nn.Module):
         rows = self.route.rows(x.shape[0]) if self.uni else None
         if rows is None:
             return out
+        xa = x.to(next(self.uni.parameters()).dtype)  # paths compute in their own (fp32) dtype
         if isinstance(rows, int):  # one modality for every row
             m = MODALITIES[rows]
-            return out + self.path(m, x) if self._active(m) else out
+            return out + self.path(m, xa).to(out.dtype) if self._active(m) else out
         out = out.clone()
         for idx in rows.unique().tolist():
             m = MODALITIES[idx]
             if self._active(m):
                 sel = (rows == idx).nonzero().flatten()
-                out[sel] = out[sel] + self.path(m, x[sel])
+                out[sel] = out[sel] + self.path(m, xa[sel]).to(out.dtype)
         return out

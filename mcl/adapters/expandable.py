@@ -37,9 +37,11 @@ class ExpandableLinear(nn.Module):
 
     def _linear(self, x: torch.Tensor, e: int) -> torch.Tensor:
         if e < 0:
-            return nn.functional.linear(x, self.init_weight, self.init_bias)
-        bias = self.biases[e] if self.init_bias is not None else None
-        return nn.functional.linear(x, self.weights[e], bias)
+            w, bias = self.init_weight, self.init_bias
+        else:
+            w, bias = self.weights[e], self.biases[e] if self.init_bias is not None else None
+        # fp32 over a half-precision base: compute in the expert's dtype, hand back x's
+        return nn.functional.linear(x.to(w.dtype), w, bias).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.route is None:

@@ -38,8 +38,10 @@ class MoELoRALinear(nn.Module):
         return torch.softmax(self.lora_router(x), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.route(x)
+        xa = x.to(self.lora_A.dtype)  # the experts compute in their own (fp32) dtype
+        w = self.route(xa)
         self.last_weights = w.detach()
-        h = self.dropout(x) @ self.lora_A.T  # (..., r): every expert's rank block side by side
+        h = self.dropout(xa) @ self.lora_A.T  # (..., r): every expert's rank block side by side
         gate = w.repeat_interleave(self.rank, dim=-1)  # expert e's weight on its r/E columns
-        return self.base(x) + self.scaling * ((h * gate) @ self.lora_B.T)
+        delta = self.scaling * ((h * gate) @ self.lora_B.T)
+        return self.base(x) + delta.to(x.dtype)

@@ -67,7 +67,7 @@ class SMoLoRALinear(nn.Module):
                 z = (x * m).sum(1) / m.sum(1).clamp(min=1)
             else:
                 z = x.mean(1)
-            vu = self.lora_vu_gate(z.detach()).argmax(-1)
+            vu = self.lora_vu_gate(z.detach().to(self.lora_vu_gate.weight.dtype)).argmax(-1)
             self._vu_route = vu
         if self.if_input is None:
             raise RuntimeError("SMoLoRALinear needs if_input (instruction embeddings) per batch")
@@ -87,10 +87,11 @@ class SMoLoRALinear(nn.Module):
         squeeze = x.dim() == 2
         if squeeze:
             x = x[None]
-        vu, if_ = self.route(x)
+        xa = x.to(self.lora_A.dtype)  # the experts compute in their own (fp32) dtype
+        vu, if_ = self.route(xa)
         self.last_route = (vu.detach(), if_.detach())
-        xd = self.dropout(x)  # one dropout mask for both branches, as the original's shared h
+        xd = self.dropout(xa)  # one dropout mask for both branches, as the original's shared h
         y_vu, y_if = self._branch(xd, vu), self._branch(xd, if_)
         w = torch.softmax(torch.cat([self.lora_fuse_vu(y_vu), self.lora_fuse_if(y_if)], -1), -1)
-        out = self.base(x) + w[..., :1] * y_vu + w[..., 1:] * y_if
+        out = self.base(x) + (w[..., :1] * y_vu + w[..., 1:] * y_if).to(x.dtype)
         return out[0] if squeeze else out

@@ -28,6 +28,7 @@ import lightning as L
 import torch
 
 from mcl.models.mllm import MLLM, model_inputs
+from mcl.models.precision import HALF, fp32_boundary
 
 
 class ContinualMethod(L.LightningModule):
@@ -235,17 +236,47 @@ class ContinualMethod(L.LightningModule):
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return {"trainable": trainable, "total": total}
 
+    def _owned(self, name: str, parts: set[str]) -> bool:
+        """Whether a state-dict entry is the method's (or a trained part's), not the frozen base."""
+        base = self._base_names
+        return (
+            name in parts
+            or name.startswith("mllm.xmodal.")  # trained per modality, so always saved
+            # peft renames a wrapped weight "x.weight" -> "x.base_layer.weight": still base
+            or (name not in base and name.replace(".base_layer", "") not in base)
+        )
+
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """Tensors a task checkpoint must hold: everything that is not the frozen base."""
-        parts, base = self.part_names(), self._base_names
+        parts = self.part_names()
         return {
             k: v.detach().cpu().contiguous()
             for k, v in self.state_dict().items()
-            # peft renames a wrapped weight "x.weight" -> "x.base_layer.weight": still base
-            if k in parts
-            or k.startswith("mllm.xmodal.")  # trained per modality, so always saved
-            or (k not in base and k.replace(".base_layer", "") not in base)
+            if self._owned(k, parts)
         }
+
+    def keep_fp32_masters(self) -> int:
+        """Over a bf16/fp16 base, make every trainable parameter and every parameter the method
+        added fp32 (peft's convention for adapters): AdamW's update of a 1e-5 step on a bf16
+        weight of 0.01 rounds to nothing. Adapters cast activations to their own dtype and back
+        at their boundary; fully trained parts get that cast from hooks. In place (the
+        parameters keep their identity). Returns how many tensors were cast."""
+        parts = self.part_names()
+        n = 0
+        for name, p in self.named_parameters():
+            if p.dtype in HALF and (p.requires_grad or self._owned(name, parts)):
+                p.data = p.data.float()
+                n += 1
+        # the method's own statistics too (anchors, importances, bases, initial copies)
+        for name, b in self.named_buffers():
+            if b.dtype in HALF and self._owned(name, parts):
+                b.data = b.data.float()
+                n += 1
+        if self.mllm is not None:
+            for part in self.parts:
+                for m in self.mllm.part_modules(part):
+                    fp32_boundary(m)
+        return n
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """A mid-task checkpoint: the frozen base stays out (it would be the whole model)."""

@@ -177,6 +177,7 @@ def load_hf(
     dtype: str = "bfloat16",
     xmodal: dict | None = None,
     processor_kwargs: dict | None = None,
+    gradient_checkpointing: bool = False,
     **_: object,
 ) -> MLLM:
     """A ``family`` model and its processor from ``path`` (local files only);
@@ -192,7 +193,9 @@ def load_hf(
     cls = getattr(transformers, FAMILIES[family][0])
     model = cls.from_pretrained(p, dtype=DTYPES[dtype], local_files_only=True)
     model.eval()
-    return wrap_hf(model, processor, family, name=name, info={"path": str(p)}, xmodal=xmodal)
+    mllm = wrap_hf(model, processor, family, name=name, info={"path": str(p)}, xmodal=xmodal)
+    mllm.set_gradient_checkpointing(gradient_checkpointing)
+    return mllm
 
 
 def load_llava(
@@ -200,7 +203,15 @@ def load_llava(
     name: str = "llava",
     dtype: str = "bfloat16",
     xmodal: dict | None = None,
+    gradient_checkpointing: bool = False,
     **_: object,
 ) -> MLLM:
     """A ``LlavaForConditionalGeneration`` and its processor from ``path`` (local files only)."""
-    return load_hf(path, family="llava", name=name, dtype=dtype, xmodal=xmodal)
+    return load_hf(
+        path,
+        family="llava",
+        name=name,
+        dtype=dtype,
+        xmodal=xmodal,
+        gradient_checkpointing=gradient_checkpointing,
+    )

@@ -7,6 +7,7 @@ methods and the runner never depend on them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
@@ -314,6 +315,24 @@ class MLLM(nn.Module):
         if not found:
             raise ValueError(f"model {self.name} has no '{part}' (looked for {self.PARTS[part]})")
         return [m for _, m in found]
+
+    def set_gradient_checkpointing(self, on: bool) -> None:
+        """Recompute the base's layer activations in the backward pass instead of keeping them
+        (``model.gradient_checkpointing``; what 7B recipes use). Non-reentrant, so gradients
+        reach adapters inside a frozen base without inputs that require grad."""
+        if not on:
+            return
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{self.name} does not support gradient checkpointing")
+
+        def context_fn():  # the recomputation sees the forward's modality routing
+            return contextlib.nullcontext(), self.route.replay()
+
+        kw = {"use_reentrant": False, "context_fn": context_fn}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # newer transformers
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
 
     def require_image_features(self, who: str) -> None:
         """Refuse (one line) a method that runs the vision tower on ``pixel_values`` itself:

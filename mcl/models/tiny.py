@@ -311,6 +311,14 @@ def instruct_tune(
     return _fit(mllm, next_batch, steps, lr, warmup, seed, min_lr_ratio, desc, progress)
 
 
+def model_dtype(name: str) -> torch.dtype:
+    from mcl.models.hf import DTYPES
+
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype={name!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
 def load_tiny_base(
     text: dict,
     vision: dict,
@@ -323,6 +331,8 @@ def load_tiny_base(
     benchmark_words: bool = True,
     xmodal: dict | None = None,
     instruct: dict | None = None,
+    dtype: str = "float32",
+    gradient_checkpointing: bool = False,
 ) -> MLLM:
     """The pretrained tiny base (cached), with every synthetic twin's words added to its
     vocabulary (``benchmark_words``; see :func:`extend_vocabulary`). ``xmodal`` configures the
@@ -343,6 +353,9 @@ def load_tiny_base(
             )
         _instruct_tuned(mllm, dict(instruct), cache_dir, progress)
     mllm.name = name
+    # the cached base is fp32; a half-precision copy is how a 7B base arrives (model.dtype)
+    mllm.model.to(model_dtype(dtype))
+    mllm.set_gradient_checkpointing(gradient_checkpointing)
     return mllm
 
 

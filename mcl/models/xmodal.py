@@ -71,6 +71,22 @@ class Route:
         finally:
             self.ids, self.const = old
 
+    def replay(self):
+        """A context that puts back the routing of this moment: gradient checkpointing
+        recomputes a layer during backward, after the forward's ``scope`` has closed."""
+        ids, const = self.ids, self.const
+
+        @contextlib.contextmanager
+        def restored():
+            old = self.ids, self.const
+            self.ids, self.const = ids, const
+            try:
+                yield
+            finally:
+                self.ids, self.const = old
+
+        return restored()
+
 
 # ---------------------------------------------------------------- payload -> tensor (collator)
 
