@@ -170,7 +170,12 @@ class ContinualRunner:
         self.method_info: list[dict] = []  # per task: what the method reports (task_info)
         # per row and task: the method's own evaluation numbers (eval_metrics), e.g. routing
         self.method_eval: list[dict] = [{} for _ in range(T + 1)]
-        self.timings: dict[str, list[float] | float] = {"train_s": [], "eval_s": []}
+        # per task: training, evaluation rows, and task-boundary work (on_task_start + _end)
+        self.timings: dict[str, list[float] | float] = {
+            "train_s": [],
+            "eval_s": [],
+            "boundary_s": [],
+        }
         self.global_step = 0
         # per phase (eval, train, task_start, task_end): the devices it ran on
         self.devices: dict[str, list[str]] = {}
@@ -292,8 +297,10 @@ class ContinualRunner:
         self.dm.set_task(t, mix=self.method.train_mixture(t, self.bench))
         self.place()
         self.ran_on("task_start")
+        t0 = time.time()
         self.method.on_task_start(t, self.dm)
         self.method.keep_fp32_masters()  # what the task added, and what it now trains
+        boundary = time.time() - t0
         self._sync_ranks(f"task {t} start")
         self.check_trainable(t)
         self.params.append({"task": self.bench.task_names[t], **self.method.parameter_counts()})
@@ -313,7 +320,9 @@ class ContinualRunner:
         self.timings["train_s"].append(round(time.time() - t0, 2))
         self.place()  # back from wherever the Trainer's teardown left it
         self.ran_on("task_end")
+        t0 = time.time()
         self.method.on_task_end(t, self.dm)
+        self.timings.setdefault("boundary_s", []).append(round(boundary + time.time() - t0, 2))
         self._sync_ranks(f"task {t} end")
         info = self.method.task_info(t)
         if info:
