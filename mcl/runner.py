@@ -303,6 +303,7 @@ class ContinualRunner:
         boundary = time.time() - t0
         self._sync_ranks(f"task {t} start")
         self.check_trainable(t)
+        self.method.pin_trainable()
         self.params.append({"task": self.bench.task_names[t], **self.method.parameter_counts()})
         t0 = time.time()
         if self.method.trains:

@@ -61,6 +61,7 @@ class ContinualMethod(L.LightningModule):
         # mid-task Lightning checkpoints hold only what adapter_state() holds (not the base)
         self.strict_loading = False
         self._dm = None  # set by bind_data
+        self._pinned: set[str] | None = None  # the task's trainable names (pin_trainable)
 
     # ------------------------------------------------------------------ hooks
     def setup_model(self, mllm: MLLM) -> None:
@@ -103,6 +104,7 @@ class ContinualMethod(L.LightningModule):
 
     def on_task_start(self, task: int, dm) -> None:
         self.current_task = task
+        self._pinned = None  # the new task's trainable set is pinned once the runner checked it
         # the non-image input modules of the modalities this task trains on (x-modal models):
         # every method trains them, since the base has never seen those modalities
         bench = getattr(dm, "bench", None)
@@ -180,7 +182,16 @@ class ContinualMethod(L.LightningModule):
                 yield {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def trainable_named(self) -> dict[str, torch.nn.Parameter]:
-        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+        """The parameters training in the current task: the set pinned at task start (inside
+        FSDP's forward every view of a flat parameter reports ``requires_grad``, frozen base
+        weights included), else those that require grad."""
+        if self._pinned is None:
+            return {n: p for n, p in self.named_parameters() if p.requires_grad}
+        return {n: p for n, p in self.named_parameters() if n in self._pinned}
+
+    def pin_trainable(self) -> None:
+        """Fix the current task's trainable set (the runner calls it once it checked it)."""
+        self._pinned = {n for n, p in self.named_parameters() if p.requires_grad}
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
         """Tensors to the device; the bookkeeping lists (instructions, skip examples) stay.
