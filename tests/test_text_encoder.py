@@ -96,3 +96,18 @@ def test_smolora_trains_with_a_configured_sentence_encoder(tmp_path, tiny_bert):
     a = load_file(str(tmp_path / "run" / "checkpoints" / "task01" / "adapters.safetensors"))
     gates = [v for k, v in a.items() if "lora_if_gate" in k]
     assert gates and all(g.shape[1] == 24 for g in gates)  # the router reads the encoder's width
+
+
+def test_encoder_moves_with_its_cache_and_embeds_where_it_is(tiny_bert):
+    """``to(device)`` moves the weights and the cached rows: embeddings come back on the
+    encoder's device with no host copy (``meta`` stands in for a GPU)."""
+    enc = SentenceEncoder(str(tiny_bert))
+    cpu = enc.text(["a caption", "a single word"])
+    assert cpu.device.type == "cpu" and enc.device.type == "cpu"
+    assert enc.to("cpu") is enc and enc.device.type == "cpu"
+    enc.to("meta")
+    assert enc.device.type == "meta"
+    assert all(v.device.type == "meta" for v in enc._cache.values())
+    again = enc.text(["a single word", "a caption"])  # cached: a stack on the device
+    assert again.device.type == "meta" and again.shape == (2, 24)
+    assert enc.text([]).device.type == "meta"

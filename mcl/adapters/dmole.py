@@ -10,7 +10,14 @@ There is no gate: the selected experts' outputs are **summed** with weight 1.
 Which experts run is set from outside before a forward (the method routes once per batch):
 ``mask`` is None (no expert: the pretrained layer) or a ``(B, n_tasks)`` 0/1 tensor, row b the
 tasks whose experts sample b uses; a layer without an expert of a selected task adds nothing
-for it (no fallback, as in the code).
+for it (no fallback, as in the code). ``active`` is the set of tasks any sample uses, decided
+once per batch by the method (:meth:`set_route`): the forward reads no value of the mask on the
+host, so a layer costs no device-to-host sync at any decode step; experts outside ``active``
+skip their matmuls. The method builds the mask on the model's device.
+
+Precision (peft's convention for adapters): experts are created in fp32 over a bf16/fp16 base
+(an AdamW update of 1e-5 on a bf16 weight rounds to nothing); the expert branch computes in the
+experts' dtype and the layer returns the base output's dtype.
 """
 
 from __future__ import annotations
@@ -23,6 +30,11 @@ def _key(task: int) -> str:
     return f"t{task}"
 
 
+def expert_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype new experts take: fp32 over a half-precision base, the base's dtype otherwise."""
+    return torch.float32 if weight.dtype in (torch.bfloat16, torch.float16) else weight.dtype
+
+
 class DMoLELinear(nn.Module):
     def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.05):
         super().__init__()
@@ -30,7 +42,9 @@ class DMoLELinear(nn.Module):
         self.r, self.scaling = r, alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.experts = nn.ModuleDict()
-        self.mask: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
+        # tasks any sample of the batch uses; None: every expert runs, masked (no skipping)
+        self.active: frozenset[int] | None = None
 
     @property
     def tasks(self) -> list[int]:
@@ -44,30 +58,52 @@ class DMoLELinear(nn.Module):
         a = nn.Linear(self.base.in_features, self.r, bias=False)  # Kaiming-uniform(a=sqrt 5)
         b = nn.Linear(self.r, self.base.out_features, bias=False)
         nn.init.zeros_(b.weight)
-        self.experts[_key(task)] = nn.Sequential(a, b).to(device=w.device, dtype=w.dtype)
+        self.experts[_key(task)] = nn.Sequential(a, b).to(device=w.device, dtype=expert_dtype(w))
 
     def expert_params(self, task: int) -> list[nn.Parameter]:
         if _key(task) not in self.experts:
             return []
         return list(self.experts[_key(task)].parameters())
 
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return self._mask
+
+    @mask.setter
+    def mask(self, mask: torch.Tensor | None) -> None:
+        """A mask alone: every expert it covers runs, masked (no host read to skip any)."""
+        self._mask, self.active = mask, None
+
+    def set_route(self, mask: torch.Tensor | None, active=None) -> None:
+        """The batch's expert mask (None: no expert) and the tasks any of its samples uses
+        (an iterable of task ids, read once per batch by the method; None: all of them)."""
+        self._mask, self.active = mask, None if active is None else frozenset(active)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         if self.mask is None or not len(self.experts):
             return out
-        mask = self.mask.to(device=x.device, dtype=x.dtype)
-        if mask.shape[0] != x.shape[0]:
-            raise ValueError(f"expert mask has {mask.shape[0]} rows for a batch of {x.shape[0]}")
-        h = self.dropout(x)
-        for task in self.tasks:
-            if task >= mask.shape[1]:
-                continue
-            on = mask[:, task]
-            if not bool(on.any()):
-                continue  # nobody uses this expert: skip its matmuls
-            y = self.experts[_key(task)](h) * self.scaling
-            out = out + y * on.view(-1, *([1] * (y.dim() - 1)))
-        return out
+        if self.mask.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"expert mask has {self.mask.shape[0]} rows for a batch of {x.shape[0]}"
+            )
+        active, width = self.active, self.mask.shape[1]
+        run = [t for t in self.tasks if t < width and (active is None or t in active)]
+        if not run:
+            return out
+        result_dtype = out.dtype
+        # the experts compute in their own dtype (fp32 over a bf16 base): the input and the mask
+        # are cast once per expert dtype, one dropout mask shared by every expert (as before)
+        cast: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+        for task in run:
+            expert = self.experts[_key(task)]
+            dt = expert[0].weight.dtype
+            if dt not in cast:
+                cast[dt] = (self.dropout(x.to(dt)), self.mask.to(device=x.device, dtype=dt))
+            h, mask = cast[dt]
+            y = expert(h) * self.scaling
+            out = out + y * mask[:, task].view(-1, *([1] * (y.dim() - 1)))
+        return out.to(result_dtype)  # summed in the experts' dtype, handed back in x's
 
 
 class TaskAutoencoder(nn.Module):
@@ -109,15 +145,20 @@ class TaskAutoencoder(nn.Module):
         with torch.enable_grad():
             for ran in range(1, epochs + 1):  # noqa: B007 (reported below)
                 order = torch.randperm(len(z), generator=gen).to(z.device)
-                total = 0.0
+                losses, sizes = [], []
                 for i in range(0, len(z), batch_size):
                     batch = z[order[i : i + batch_size]]
                     loss = self.error(batch).mean()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    total += float(loss.detach()) * len(batch)
+                    losses.append(loss.detach())
+                    sizes.append(len(batch))
                 sched.step()
+                # one read of the epoch's losses from the device (not one per step)
+                total = 0.0
+                for value, n in zip(torch.stack(losses).tolist(), sizes, strict=True):
+                    total += value * n
                 total /= len(z)
                 if total < best - 1e-12:
                     best, stale = total, 0

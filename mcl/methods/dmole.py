@@ -293,9 +293,12 @@ class DMoLE(ContinualMethod):
             )
         return cost
 
-    def set_masks(self, mask: torch.Tensor | None) -> None:
+    def set_masks(self, mask: torch.Tensor | None, active: list[int] | None = None) -> None:
+        """Hand every wrapped layer the batch's expert mask (on the model's device) and the
+        tasks any sample uses (read once per batch; None: each layer runs all its experts,
+        masked). The layers then read nothing from the device."""
         for layer in self.layers().values():
-            layer.mask = mask
+            layer.set_route(mask, active)
 
     # ------------------------------------------------------------------ zero-cost proxy
     def zc_scores(self, task: int, dm) -> dict[str, float]:
@@ -318,10 +321,14 @@ class DMoLE(ContinualMethod):
             with torch.enable_grad():
                 for batch in self.device_batches(samples, size):
                     self.mllm(**model_inputs(batch)).loss.backward()
-            return {
-                n: float(sum(p.grad.norm() for p in ps if p.grad is not None))
-                for n, ps in params.items()
-            }
+            # every module's score on the device, then one read of them all
+            norms = [
+                sum((p.grad.norm() for p in ps if p.grad is not None), torch.zeros(()))
+                for ps in params.values()
+            ]
+            dev = next(self.mllm.model.parameters()).device
+            values = torch.stack([v.to(dev, torch.float32) for v in norms]).tolist()
+            return dict(zip(params, values, strict=True))
         finally:
             for ps in params.values():
                 for p in ps:
@@ -333,26 +340,27 @@ class DMoLE(ContinualMethod):
     def representation(self, pixel_values: torch.Tensor, questions: list[str]) -> torch.Tensor:
         """[vision max-pool || LM-body max-pool over the instruction], L2-normalised; always from
         the adapter-free model (masks off), so the routing space never drifts."""
-        saved = [layer.mask for layer in self.layers().values()]
+        saved = [(layer.mask, layer.active) for layer in self.layers().values()]
         self.set_masks(None)
         try:
             p = next(self.vision.parameters())
             img = self.vision(pixel_values=pixel_values.to(p.device, p.dtype)).last_hidden_state
             tok = self.mllm.tokenizer(list(questions), add_special_tokens=False)["input_ids"]
             width = max(1, max(len(t) for t in tok))
-            ids = torch.zeros(len(tok), width, dtype=torch.long, device=p.device)  # pad id 0
-            att = torch.zeros_like(ids)
+            ids = torch.zeros(len(tok), width, dtype=torch.long)  # pad id 0; built on the host,
+            att = torch.zeros_like(ids)  # then one copy to the device
             for i, t in enumerate(tok):
                 ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
                 att[i, : len(t)] = 1
+            ids, att = ids.to(p.device), att.to(p.device)
             txt = self.lm_body(input_ids=ids, attention_mask=att).last_hidden_state.float()
             if self.text_pool == "tokens":  # padding excluded (the code includes it)
                 txt = txt.masked_fill(~att.bool()[..., None], float("-inf"))
             z = torch.cat([img.max(1).values.float(), txt.max(1).values], dim=-1)
             return F.normalize(z, dim=-1)
         finally:
-            for layer, m in zip(self.layers().values(), saved):
-                layer.mask = m
+            for layer, (mask, active) in zip(self.layers().values(), saved, strict=True):
+                layer.set_route(mask, active)
 
     def sample_representations(self, samples: list[dict], size: int = 64) -> torch.Tensor:
         out = []
@@ -365,9 +373,9 @@ class DMoLE(ContinualMethod):
     # ------------------------------------------------------------------ routing
     def votes(self, z: torch.Tensor, tasks: list[int]) -> torch.Tensor:
         """Per sample: the task whose AE reconstructs it best among those whose threshold it
-        passes, or -1 (no vote)."""
+        passes, or -1 (no vote). On the autoencoders' device (the model's): nothing is read."""
         if not tasks:
-            return torch.full((len(z),), -1, dtype=torch.long)
+            return torch.full((len(z),), -1, dtype=torch.long, device=z.device)
         errors = torch.stack(
             [self.aes[f"t{t}"].error(z.to(self.aes[f"t{t}"].tau.device)) for t in tasks], 1
         )
@@ -375,12 +383,13 @@ class DMoLE(ContinualMethod):
         errors = errors.masked_fill(errors >= taus, float("inf"))
         best = errors.argmin(1)
         ids = torch.tensor(tasks, device=errors.device)[best]
-        return torch.where(torch.isfinite(errors.min(1).values), ids, -1).cpu()
+        return torch.where(torch.isfinite(errors.min(1).values), ids, -1)
 
     def _batch_choice(self, votes: torch.Tensor, training: bool) -> list[int]:
         """The code's batch vote: at test the most-voted task, plus the second if it has at least
         ``second_task_share`` of the valid votes; in training only the most-voted earlier task,
-        and only if it has that share."""
+        and only if it has that share. One read of the votes from the device."""
+        votes = votes.cpu()
         valid = votes[votes >= 0]
         if not len(valid):
             return []
@@ -394,20 +403,31 @@ class DMoLE(ContinualMethod):
         ]
 
     def route(self, z: torch.Tensor, training_task: int | None = None) -> torch.Tensor:
-        """(B, n_tasks) 0/1 expert mask. In training (``training_task`` = t) AEs < t vote and t
-        is always on; at test the AEs of every trained task vote."""
+        """(B, n_tasks) 0/1 expert mask, on ``z``'s device (the model's). In training
+        (``training_task`` = t) AEs < t vote and t is always on; at test the AEs of every
+        trained task vote. Also sets ``_last_active``: the tasks any sample uses, read from the
+        device once for the batch, for the layers (:meth:`set_masks`)."""
         training = training_task is not None
         width = max(self.n_trained, (training_task or 0) + 1, 1)
         votes = self.votes(z, list(range(training_task if training else self.n_trained)))
-        mask = torch.zeros(len(z), width)
+        mask = torch.zeros(len(z), width, device=z.device)
         if self.route_granularity == "batch":
-            mask[:, self._batch_choice(votes, training)] = 1.0
-        else:
-            rows = torch.nonzero(votes >= 0).flatten()
-            mask[rows, votes[rows]] = 1.0
+            chosen = self._batch_choice(votes, training)
+            mask[:, chosen] = 1.0
+            active = set(chosen)
+        else:  # each sample its own vote (none: a row of zeros), built without a host read
+            v = votes.to(z.device)
+            valid = (v >= 0).to(mask.dtype)[:, None]
+            mask.scatter_(1, v.clamp(min=0)[:, None], valid)
+            active = None
         if training:
             mask[:, training_task] = 1.0
+        if active is None:  # the batch's one read: which experts any sample uses
+            active = {t for t, on in enumerate(mask.any(0).tolist()) if on}
+        elif training:
+            active.add(training_task)
         self._last_votes = votes
+        self._last_active = sorted(active)
         return mask
 
     # ------------------------------------------------------------------ task boundaries
@@ -487,13 +507,17 @@ class DMoLE(ContinualMethod):
 
     # ------------------------------------------------------------------ training / test
     def training_step(self, batch: dict, batch_idx: int):
+        self.set_masks(None)
         if "input_ids" in batch:
             z = self.representation(batch["pixel_values"], batch["questions"])
-            self.set_masks(self.route(z, training_task=self.current_task))
-        try:
-            return super().training_step(batch, batch_idx)
-        finally:
-            self.set_masks(None)
+            mask = self.route(z, training_task=self.current_task)
+            self.set_masks(mask, self._last_active)
+        return super().training_step(batch, batch_idx)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # cleared after the backward, not when the forward returns: a layer under gradient
+        # checkpointing runs its forward again in the backward and must route the same way
+        self.set_masks(None)
 
     @contextlib.contextmanager
     def eval_context(self, batch: dict):
@@ -503,8 +527,8 @@ class DMoLE(ContinualMethod):
         if self.route_granularity == "batch":  # the batch's primary task, for every sample
             chosen = self._batch_choice(votes, training=False)
             votes = torch.full_like(votes, chosen[0] if chosen else -1)
-        self._routes.append(votes)
-        self.set_masks(mask)
+        self._routes.append(votes)  # on the device: read once, in eval_metrics
+        self.set_masks(mask, self._last_active)
         try:
             yield
         finally:
@@ -526,7 +550,7 @@ class DMoLE(ContinualMethod):
         return [UpdateRatioCallback(self)] if self.curriculum == "rescale" else []
 
     def eval_metrics(self, task: int | None) -> dict[str, float]:
-        routes = torch.cat(self._routes) if self._routes else torch.zeros(0, dtype=torch.long)
+        routes = torch.cat([r.cpu() for r in self._routes] or [torch.zeros(0, dtype=torch.long)])
         self._routes = []
         if not len(routes) or self.n_trained == 0:
             return {}

