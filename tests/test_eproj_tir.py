@@ -235,3 +235,54 @@ def test_eproj_end_to_end_freezes_earlier_experts_and_reports_retrieval(tmp_path
     assert set(last) == {"color", "position"} and all("task_id_acc" in v for v in last.values())
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["method_info"][1]["experts"] == 2
+
+
+def test_tir_owner_share_reads_only_the_totals_from_the_device():
+    """The share of importance each task owns is counted where the owners live: what comes to
+    the host is task + 1 numbers, not a copy of every element's owner."""
+    m = _method(TIREWC)
+    names = sorted(m.trainable_named())
+    for i, n in enumerate(names):
+        own = m.owner(n)
+        own.copy_((torch.arange(own.numel()).reshape(own.shape) + i) % 4 - 1)  # -1, 0, 1, 2
+    flat = torch.cat([m.owner(n).flatten() for n in names])
+    want = torch.stack([(flat == t).sum() for t in range(3)]).float()
+    copied = []
+    cpu = torch.Tensor.cpu
+
+    def spy(self, *args, **kwargs):
+        copied.append(self.numel())
+        return cpu(self, *args, **kwargs)
+
+    torch.Tensor.cpu = spy
+    try:
+        info = m.task_info(2)
+    finally:
+        torch.Tensor.cpu = cpu
+    assert info["importance_owner_share"] == pytest.approx((want / want.sum()).tolist())
+    assert copied and max(copied) <= 3
+
+
+def test_eproj_key_phase_draws_its_batches_once_and_as_before(bench):
+    """The key phase takes every step's mini-batch indices in one draw, copied to the device
+    once: the same draws, so the same keys as drawing one batch per step."""
+    m = _method(EProj, key_steps=30, key_batch_size=8, key_samples=24)
+    dm = ContinualDataModule(bench, m.mllm.collator, batch_size=4)
+    m.add_expert()
+    start = [k.detach().clone() for k in (m.keys_img[0], m.keys_inst[0])]
+    m.key_phase(0, dm)
+    after = [k.detach().clone() for k in (m.keys_img[0], m.keys_inst[0])]
+    q_img, q_inst = m.queries(dm.sample_task(0, 24, m.sample_seed))
+    keys = [nn.Parameter(k.clone()) for k in start]  # the per-step loop it replaced
+    m.keys_img[0], m.keys_inst[0] = keys
+    opt = torch.optim.Adam(keys, lr=m.key_lr, fused=True)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        idx = torch.randint(len(q_img), (8,), generator=gen)
+        loss = m.key_loss(q_img[idx], q_inst[idx], 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert m.key_losses[0] == pytest.approx(float(loss.detach()) / 8)
+    assert all(torch.allclose(k, a, atol=1e-6) for k, a in zip(keys, after, strict=True))
+    assert not torch.equal(after[0], start[0])  # the keys did learn

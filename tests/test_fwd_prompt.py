@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mcl.models.mllm import IGNORE_INDEX
+from mcl.callbacks.subspace import collect_inputs, energy_rank, extend_basis
+from mcl.models.mllm import IGNORE_INDEX, model_inputs
 from mcl.train import build, run
 from tests.conftest import MICRO, compose_cfg
 
@@ -100,3 +101,31 @@ def test_runs_end_to_end_with_fwt_reported(tmp_path):
     info = res["method_info"]
     assert info[0]["pre_dims"] > 0 and info[1]["old_dims"] >= info[0]["old_dims"] > 0
     assert all(p["trainable"] == 4 * 3 * 32 + 4 * 32 + 4 * 32 for p in res["params"])
+
+
+def test_bases_come_from_the_gram_of_the_rows_the_svd_used(built):
+    """The boundary work runs on the Gram of the collected rows (float32, on the model's
+    device): the same matrix as X^T X of the non-padding rows the float64 SVD route kept, and
+    the same pre-trained basis, to ~1e-4 in subspace terms."""
+    m, dm = built.method, built.dm
+    samples = dm.sample_task(0, 32, m.sample_seed)
+    gram = m.input_gram(samples)
+    assert gram.matrix.dtype == torch.float32
+    assert gram.matrix.device == next(m.mllm.model.parameters()).device
+    layer = m.mllm.part_modules("lm")[0].get_submodule(m.collect_at)
+    rows = []  # what the SVD route collected: every non-padding row, kept whole
+    m.eval()
+    for batch in m.device_batches(samples, 32, prompts=True):
+        with torch.no_grad(), collect_inputs(layer) as got, m.eval_context(batch):
+            m.mllm(**model_inputs(batch))
+        keep = batch["attention_mask"].reshape(-1).bool()
+        rows.append(torch.cat(got)[: len(keep)][keep])
+    m._picked = []
+    h = torch.cat(rows).double()
+    assert gram.rows >= len(h)
+    assert torch.allclose(gram.matrix.double(), h.T @ h, rtol=1e-4, atol=1e-4 * float(h.norm()))
+    _, s, vh = torch.linalg.svd(h, full_matrices=False)
+    k_ref = energy_rank(s, m.eps_pre)
+    b, k = extend_basis(None, gram, m.eps_pre)
+    ref = vh[:k_ref].T
+    assert k == k_ref and (b.double() @ b.double().T - ref @ ref.T).norm() < 1e-4

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mcl.callbacks.subspace import (
+    Gram,
     SubspaceProjection,
     collect_inputs,
     energy_rank,
@@ -124,3 +125,59 @@ def _old_loss_drift(enabled: bool) -> float:
 def test_projection_keeps_the_old_task_loss_from_drifting():
     on, off = _old_loss_drift(True), _old_loss_drift(False)
     assert off > 10 * max(on, 1e-6) and on < 1e-3
+
+
+def _svd_basis(h: torch.Tensor, eps: float) -> tuple[torch.Tensor, int]:
+    """The reference: the energy rule on a float64 SVD of the rows themselves."""
+    _, s, vh = torch.linalg.svd(h.double(), full_matrices=False)
+    k = energy_rank(s, eps)
+    return vh[:k].T, k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_gram_route_matches_an_svd_of_the_rows(dtype):
+    """The eigenvectors of X^T X are X's right singular vectors (its eigenvalues the squared
+    singular values): the same directions, chosen by the same energy rule, from a d x d matrix
+    accumulated batch by batch -- in float32 too, to ~1e-4 in subspace terms."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 600, 48
+    mix = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    h = (torch.randn(n, d, generator=g, dtype=torch.float64) * torch.logspace(0, -2, d)) @ mix
+    h = h.to(dtype)
+    gram = Gram()
+    for i in range(0, n, 128):  # batch by batch: only d x d is kept
+        gram.add(h[i : i + 128])
+    assert gram.rows == n and gram.matrix.shape == (d, d) and gram.matrix.dtype == dtype
+    ref, k_ref = _svd_basis(h, 0.9)
+    b, k = extend_basis(None, gram, 0.9)
+    assert k == k_ref and b.dtype == dtype and 1 < k < d
+    dist = (b.double() @ b.double().T - ref @ ref.T).norm()  # distance of the projectors
+    assert dist < (1e-4 if dtype == torch.float32 else 1e-10), float(dist)
+    assert torch.allclose(b.T @ b, torch.eye(k, dtype=dtype), atol=1e-5)
+    # the rows themselves give the same basis (their Gram is formed on the way)
+    assert torch.allclose(extend_basis(None, h, 0.9)[0].abs(), b.abs(), atol=1e-6)
+    # a second task extends it from the residual of its rows, as an SVD of the residual does
+    h2 = torch.randn(200, d, generator=g, dtype=torch.float64).to(dtype)
+    b2, k2 = extend_basis(b, Gram.of(h2), 0.95)
+    r = h2.double() - (h2.double() @ b.double()) @ b.double().T
+    captured = float(((h2.double() @ b.double()) ** 2).sum())
+    total = float((h2.double() ** 2).sum())
+    _, s, vh = torch.linalg.svd(r, full_matrices=False)
+    need = (0.95 * total - captured) / float((s**2).sum())
+    k_want = energy_rank(s, need)
+    assert k2 == k_want
+    want = torch.cat([b.double(), vh[:k_want].T], 1)
+    got = b2.double()
+    assert (got @ got.T - want @ want.T).norm() < (1e-3 if dtype == torch.float32 else 1e-9)
+
+
+def test_collected_rows_stay_on_the_modules_device():
+    """No copy to the host: on ``meta`` (where a host copy cannot read anything back) the rows
+    and their Gram stay where the module runs."""
+    lin = nn.Linear(5, 3).to("meta")
+    with collect_inputs(lin) as rows:
+        lin(torch.empty(2, 4, 5, device="meta"))
+    (x,) = rows
+    assert x.device.type == "meta" and x.shape == (8, 5) and x.dtype == torch.float32
+    gram = Gram.of(x.to(torch.bfloat16))
+    assert gram.matrix.device.type == "meta" and gram.matrix.dtype == torch.float32

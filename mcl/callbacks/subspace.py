@@ -2,12 +2,18 @@
 
 Pieces, each usable alone:
 
-- :func:`energy_rank` / :func:`extend_basis`: bases of the input space a parameter sees, by SVD
-  with an energy threshold (GPM's criterion: keep adding directions of the *residual* until the
-  stored basis captures ``eps`` of the new activations' energy), kept orthonormal by QR;
+- :func:`energy_rank` / :func:`extend_basis`: bases of the input space a parameter sees, with an
+  energy threshold (GPM's criterion: keep adding directions of the *residual* until the stored
+  basis captures ``eps`` of the new activations' energy), kept orthonormal by QR;
+- :class:`Gram`: the d x d matrix X^T X of activation rows X, accumulated batch by batch on the
+  rows' device. :func:`extend_basis` works from it: the right singular vectors of X are the
+  eigenvectors of X^T X and the squared singular values its eigenvalues, so the residual's
+  "SVD" is the eigendecomposition of ``(I - B B^T) X^T X (I - B B^T)`` -- cost and memory set
+  by the width d, not by the number of rows, and no N x d matrix is ever kept;
 - :func:`interference_basis`: old-task directions not shared with pre-training,
   ``C = (I - B_pre B_pre^T) B_old``, columns with norm > ``tau``, orthonormalised;
-- :func:`collect_inputs`: a forward hook that gathers a module's inputs (or outputs) as rows;
+- :func:`collect_inputs`: a forward hook that gathers a module's inputs (or outputs) as rows,
+  left on the module's device;
 - :class:`SubspaceProjection`: a Lightning callback that edits the gradients of chosen
   parameters in ``on_before_optimizer_step`` -- after gradient accumulation and AMP unscaling,
   before clipping (engineering_notes.md section 3.3) -- so it sees the true accumulated gradient.
@@ -16,6 +22,9 @@ Pieces, each usable alone:
   - ``interference`` (Fwd-Prompt's default): ``g <- g - g B_S B_S^T``;
   - ``gpm`` (plain GPM / PGP): ``g <- g - g B_old B_old^T``;
   - ``additive``: ``g <- g (I - B_old B_old^T) + alpha g B_pre B_pre^T``.
+
+Bases are computed in float32 (float64 only where the caller's tensors already are), on the
+device the activations are on, with float32 matmuls at full precision (no TF32).
 
 Needs the full gradient on each rank: single device or DDP (``p.grad`` is the all-reduced
 gradient there); DeepSpeed ZeRO >= 2 leaves ``p.grad`` empty, so :meth:`setup` refuses it.
@@ -32,72 +41,151 @@ import torch
 MODES = ("interference", "gpm", "additive")
 
 
-def energy_rank(singular_values: torch.Tensor, eps: float) -> int:
-    """The smallest k with sum_{i<=k} s_i^2 >= eps * sum s_i^2 (s sorted descending)."""
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32, or float64 where the caller's tensors already are (never an upcast to it)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@contextlib.contextmanager
+def _full_precision() -> Iterator[None]:
+    """float32 matmuls at full precision while a basis is computed, whatever TF32 setting the
+    run chose (TF32 keeps 10 mantissa bits: ~1e-3 relative error in X^T X)."""
+    matmul = getattr(getattr(torch.backends, "cuda", None), "matmul", None)
+    before = getattr(matmul, "fp32_precision", None)
+    if before is None:
+        yield
+        return
+    matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = before
+
+
+def _rank_of_energy(energy: torch.Tensor, eps: float) -> int:
+    """The smallest k with sum_{i<=k} e_i >= eps * sum e (e sorted descending); on the host,
+    in float64 (a vector of at most d values, read once per basis)."""
     if not 0 < eps <= 1:
         raise ValueError(f"energy threshold eps={eps} must be in (0, 1]")
-    energy = singular_values.double() ** 2
+    energy = energy.detach().cpu().double()
     if energy.sum() == 0:
         return 0
     cum = torch.cumsum(energy, 0) / energy.sum()
     return int((cum < eps - 1e-12).sum()) + 1
 
 
-def orthonormal(columns: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
-    """An orthonormal basis (d x k) of the span of ``columns`` (QR; drops dependent columns)."""
+def energy_rank(singular_values: torch.Tensor, eps: float) -> int:
+    """The smallest k with sum_{i<=k} s_i^2 >= eps * sum s_i^2 (s sorted descending)."""
+    return _rank_of_energy(singular_values.detach().cpu().double() ** 2, eps)
+
+
+def orthonormal(columns: torch.Tensor, tol: float | None = None) -> torch.Tensor:
+    """An orthonormal basis (d x k) of the span of ``columns`` (QR on their device; drops
+    dependent columns: |R_ii| <= ``tol`` x the largest, default 1e-6 in float64 and 1e-5 in
+    float32, about a hundred units of its rounding)."""
     if columns.shape[1] == 0:
         return columns
-    q, r = torch.linalg.qr(columns.double())
-    keep = r.diagonal().abs() > tol * max(1.0, float(r.diagonal().abs().max()))
+    wd = _work_dtype(columns.dtype)
+    tol = tol if tol is not None else (1e-6 if wd == torch.float64 else 1e-5)
+    q, r = torch.linalg.qr(columns.to(wd))
+    diag = r.diagonal().abs()
+    keep = diag > tol * max(1.0, float(diag.max()))
     return q[:, keep].to(columns.dtype)
 
 
+class Gram:
+    """The running d x d matrix X^T X of activation rows X, added batch by batch (no N x d
+    matrix is kept), on the rows' device, in float32 (float64 if the rows are)."""
+
+    def __init__(self) -> None:
+        self.matrix: torch.Tensor | None = None
+        self.rows = 0
+
+    @classmethod
+    def of(cls, rows: torch.Tensor) -> Gram:
+        return cls().add(rows)
+
+    def add(self, rows: torch.Tensor) -> Gram:
+        """Add (..., d) rows; rows of zeros (masked-out positions) add nothing."""
+        x = rows.detach().reshape(-1, rows.shape[-1])
+        x = x.to(self.matrix.dtype if self.matrix is not None else _work_dtype(x.dtype))
+        with _full_precision():
+            if self.matrix is None:
+                self.matrix = x.T @ x
+            else:
+                self.matrix.addmm_(x.T, x)
+        self.rows += x.shape[0]
+        return self
+
+
 def extend_basis(
-    basis: torch.Tensor | None, activations: torch.Tensor, eps: float
+    basis: torch.Tensor | None, activations: torch.Tensor | Gram, eps: float
 ) -> tuple[torch.Tensor, int]:
     """Add to ``basis`` (d x m, orthonormal, or None) the fewest directions of the residual of
-    ``activations`` (N x d rows) such that the result captures ``eps`` of their energy.
-    Returns (new basis d x (m + k), k)."""
-    h = activations.double()
-    d = h.shape[1]
-    b = basis.double() if basis is not None else h.new_zeros(d, 0)
-    total = float((h**2).sum())
-    if total == 0:
-        return b.to(activations.dtype), 0
-    captured = float(((h @ b) ** 2).sum())
-    residual = h - (h @ b) @ b.T
-    _, s, vh = torch.linalg.svd(residual, full_matrices=False)
-    k = 0
-    if captured / total < eps:
-        need = (eps * total - captured) / max(float((s**2).sum()), 1e-30)
-        k = energy_rank(s, min(1.0, need))
-    new = orthonormal(torch.cat([b, vh[:k].T], 1))
-    return new.to(activations.dtype), new.shape[1] - b.shape[1]
+    ``activations`` (N x d rows, or their :class:`Gram`) such that the result captures ``eps``
+    of their energy. Returns (new basis d x (m + k), k): in the rows' dtype, or for a Gram the
+    basis's (its own if None), on the Gram's device.
+
+    The residual R = X (I - B B^T) is never formed: R^T R = (I - B B^T) X^T X (I - B B^T), whose
+    eigenvectors (by decreasing eigenvalue) are R's right singular vectors and whose eigenvalues
+    are its squared singular values -- the same directions and the same energy rule as an SVD
+    of R, in O(d^2 m + d^3) whatever the number of rows."""
+    if isinstance(activations, Gram):
+        gram = activations
+        if gram.matrix is None:
+            raise ValueError("extend_basis: no activation rows were collected")
+        out = basis.dtype if basis is not None else gram.matrix.dtype
+    else:
+        gram, out = Gram.of(activations), activations.dtype
+    c = gram.matrix
+    d = c.shape[0]
+    with _full_precision():
+        c = (c + c.T) / 2  # exactly symmetric
+        b = basis.to(c) if basis is not None else c.new_zeros(d, 0)
+        total = float(c.trace())
+        if total == 0:
+            return b.to(out), 0
+        cb = c @ b  # (d, m)
+        captured = float((b * cb).sum())  # trace(B^T C B): the energy B already holds
+        k, directions = 0, c.new_zeros(d, 0)
+        if captured / total < eps:
+            # (I - BB^T) C (I - BB^T), expanded so that it costs d^2 m, not d^3
+            residual = c - b @ cb.T - cb @ b.T + b @ (b.T @ cb) @ b.T
+            energy, vectors = torch.linalg.eigh((residual + residual.T) / 2)  # ascending
+            energy, vectors = energy.flip(0).clamp(min=0), vectors.flip(1)
+            left = energy.detach().cpu().double()  # squared singular values of the residual
+            need = (eps * total - captured) / max(float(left.sum()), 1e-30)
+            k = _rank_of_energy(left, min(1.0, need))
+            directions = vectors[:, :k]
+        new = orthonormal(torch.cat([b, directions], 1))
+    return new.to(out), new.shape[1] - b.shape[1]
 
 
 def interference_basis(b_old: torch.Tensor, b_pre: torch.Tensor | None, tau: float = 1e-3):
     """Orthonormal basis of the old-task directions outside the pre-trained subspace."""
     if b_old is None or b_old.shape[1] == 0:
         return b_old
-    c = b_old.double()
+    c = b_old.to(_work_dtype(b_old.dtype))
     if b_pre is not None and b_pre.shape[1]:
-        p = b_pre.double()
-        c = c - p @ (p.T @ c)
+        p = b_pre.to(c)
+        with _full_precision():
+            c = c - p @ (p.T @ c)
     c = c[:, c.norm(dim=0) > tau]
     return orthonormal(c).to(b_old.dtype)
 
 
 @contextlib.contextmanager
 def collect_inputs(module: torch.nn.Module, outputs: bool = False) -> Iterator[list]:
-    """Gather a module's first input (or its output) as (N, d) rows while the block runs:
-    ``with collect_inputs(layer) as rows: model(...)``; then ``torch.cat(rows)``. A
+    """Gather a module's first input (or its output) as (N, d) float32 rows while the block
+    runs, left on the module's device: ``with collect_inputs(layer) as rows: model(...)``; then
+    ``torch.cat(rows)`` (or ``Gram.add`` each, so the rows need not outlive the batch). A
     ``mask_fn`` is not needed: callers pick rows afterwards if they must."""
     rows: list[torch.Tensor] = []
 
     def hook(mod, args, out):
         x = out if outputs else args[0]
         x = x[0] if isinstance(x, tuple) else x
-        rows.append(x.detach().reshape(-1, x.shape[-1]).float().cpu())
+        rows.append(x.detach().reshape(-1, x.shape[-1]).float())
 
     handle = module.register_forward_hook(hook)
     try:
@@ -167,9 +255,9 @@ class SubspaceProjection(L.Callback):
         """Recompute the interference basis after ``b_old`` or ``b_pre`` changed."""
         self.b_s = interference_basis(self.b_old, self.b_pre, self.tau)
 
-    def add_task(self, activations: torch.Tensor, eps: float) -> int:
-        """Extend the old-task basis with a finished task's activations; returns the number of
-        new directions."""
+    def add_task(self, activations: torch.Tensor | Gram, eps: float) -> int:
+        """Extend the old-task basis with a finished task's activations (rows or their
+        :class:`Gram`); returns the number of new directions."""
         self.b_old, k = extend_basis(self.b_old, activations, eps)
         self.refresh()
         return k

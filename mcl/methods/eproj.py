@@ -132,12 +132,15 @@ class EProj(ContinualMethod):
             k.requires_grad_(True)
         opt = torch.optim.Adam(keys, lr=self.key_lr, fused=True)  # 2 small tensors: one kernel
         gen = torch.Generator().manual_seed(self.sample_seed * 1000 + t)
-        loss = torch.zeros(())
-        q_img, q_inst = q_img.to(keys[0].device), q_inst.to(keys[0].device)
+        dev = keys[0].device
+        loss = torch.zeros((), device=dev)
+        q_img, q_inst = q_img.to(dev), q_inst.to(dev)
         size = min(self.key_batch_size, len(q_img))
+        # every step's mini-batch drawn at once (the same draws as one per step) and copied to
+        # the device once: an index from the host at each step would be a copy and a wait each
+        order = torch.randint(len(q_img), (self.key_steps, size), generator=gen).to(dev)
         with torch.enable_grad():
-            for _ in range(self.key_steps):
-                idx = torch.randint(len(q_img), (size,), generator=gen)
+            for idx in order:
                 loss = self.key_loss(q_img[idx], q_inst[idx], t)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

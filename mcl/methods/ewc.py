@@ -62,7 +62,12 @@ class EWC(SeqLoRA):
         super().on_task_start(task, dm)
         for n, p in self.trainable_named().items():
             self.anchor(n).copy_(p.detach())
-        self._active = any(bool(self.importance(n).any()) for n in self.trainable_named())
+        self._active = self.has_importance()
+
+    def has_importance(self) -> bool:
+        """Whether any trainable element has importance yet (one read from the device)."""
+        flags = [self.importance(n).any() for n in self.trainable_named()]
+        return bool(torch.stack([f.to(flags[0].device) for f in flags]).any()) if flags else False
 
     def weight(self, name: str) -> torch.Tensor:
         """Each element's penalty weight: its importance (TIR rescales it)."""
@@ -104,19 +109,23 @@ class EWC(SeqLoRA):
         self.zero_grad(set_to_none=True)
         self.train(was_training)
         imp = {n: t / max(1, count) for n, t in total.items()}
-        if self.normalize:
-            s = sum(float(t.sum()) for t in imp.values()) or 1.0
+        if self.normalize:  # one read of every tensor's sum from the device, not one per tensor
+            sums = [t.sum() for t in imp.values()]
+            s = sum(torch.stack([v.to(sums[0].device) for v in sums]).tolist()) if sums else 0.0
+            s = s or 1.0
             imp = {n: t / s for n, t in imp.items()}
         return imp
 
     def task_batches(self, dm):
-        """Up to ``importance_batches`` training batches of the current task, on our device."""
+        """Up to ``importance_batches`` training batches of the current task, on the model's
+        device (where its parameters are, whatever Lightning last recorded as ours)."""
+        dev = next(self.mllm.model.parameters()).device
         # the whole stream on every rank (not this rank's shards): same importance everywhere
         for i, batch in enumerate(dm.train_dataloader(split=False)):
             if i >= self.importance_batches:
                 break
             if "input_ids" in batch:  # an all-corrupt batch has nothing to measure
-                yield {k: v.to(self.device) for k, v in self.model_inputs(batch).items()}
+                yield {k: v.to(dev) for k, v in self.model_inputs(batch).items()}
 
     def on_task_end(self, task: int, dm) -> None:
         super().on_task_end(task, dm)

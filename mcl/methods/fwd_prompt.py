@@ -23,6 +23,8 @@ after each task its embeddings extend the old-task basis (energy ``eps_task`` +
 their gradient projected every optimizer step: ``interference`` (default: remove the old-task
 directions that pre-training does not share), ``gpm`` or ``additive`` (``projection``);
 ``projection: none`` turns it off. Image keys live in another space and are not projected.
+The bases come from the d x d Gram matrix of those rows, accumulated batch by batch on the model's
+device in float32 (:class:`~mcl.callbacks.subspace.Gram`), never from an N x d matrix.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcl.callbacks.subspace import MODES, SubspaceProjection, collect_inputs, extend_basis
+from mcl.callbacks.subspace import MODES, Gram, SubspaceProjection, collect_inputs, extend_basis
 from mcl.methods.base import ContinualMethod
 from mcl.models.mllm import model_inputs
 from mcl.models.task_embedding import FrozenFeatures
@@ -183,32 +185,35 @@ class FwdPrompt(ContinualMethod):
             self._stash = None
 
     # ------------------------------------------------------------------ subspaces
-    def embeddings(self, samples: list[dict], size: int = 32) -> torch.Tensor:
-        """The LM's input rows at ``collect_at`` (non-padding positions) for ``samples``, with
-        the current prompts in their slots."""
+    def input_gram(self, samples: list[dict], size: int = 32) -> Gram:
+        """X^T X of the LM's input rows X at ``collect_at`` (non-padding positions) for
+        ``samples``, with the current prompts in their slots: accumulated per batch on the
+        model's device in float32; a batch's rows are dropped once added."""
         layer = self.mllm.part_modules("lm")[0].get_submodule(self.collect_at)
-        rows = []
+        gram = Gram()
         was = self.training
         self.eval()
         try:
             for batch in self.device_batches(samples, size, prompts=True):
                 with torch.no_grad(), collect_inputs(layer) as got, self.eval_context(batch):
                     self.mllm(**model_inputs(batch))
-                keep = batch["attention_mask"].reshape(-1).bool().cpu()
-                rows.append(torch.cat(got)[: len(keep)][keep])
+                keep = batch["attention_mask"].reshape(-1, 1)
+                rows = torch.cat(got)[: len(keep)]
+                gram.add(rows * keep.to(rows))  # padding rows zeroed: they add nothing
         finally:
             self._picked = []
             self.train(was)
-        return torch.cat(rows)
+        return gram
 
     def on_task_start(self, task: int, dm) -> None:
         super().on_task_start(task, dm)
         if dm is not None and task == 0 and self.b_pre.shape[1] == 0 and self.projection != "none":
             if self.pre_probe == "vocabulary":  # every token's input embedding: no data needed
-                h = self.mllm.model.get_input_embeddings().weight.detach().float()
+                h = Gram.of(self.mllm.model.get_input_embeddings().weight.detach().float())
             else:  # the frozen model on a probe set: the first task's samples, before training
-                h = self.embeddings(dm.sample_task(0, self.probe_samples, self.sample_seed))
-            self.b_pre, k = extend_basis(None, h.to(self.b_pre), self.eps_pre)
+                h = self.input_gram(dm.sample_task(0, self.probe_samples, self.sample_seed))
+            b, k = extend_basis(self.b_pre.to(h.matrix), h, self.eps_pre)
+            self.b_pre = b.to(self.b_pre)
             self.basis_info[-1] = {"pre_dims": k}
         self.set_trainable()
 
@@ -216,9 +221,10 @@ class FwdPrompt(ContinualMethod):
         self.n_trained = max(self.n_trained, task + 1)
         if dm is None or self.projection == "none":
             return
-        h = self.embeddings(dm.sample_task(task, self.probe_samples, self.sample_seed))
+        h = self.input_gram(dm.sample_task(task, self.probe_samples, self.sample_seed))
         eps = min(1.0, self.eps_task + self.eps_increment * task)
-        self.b_old, k = extend_basis(self.b_old, h.to(self.b_old), eps)
+        b, k = extend_basis(self.b_old.to(h.matrix), h, eps)
+        self.b_old = b.to(self.b_old)
         self.basis_info[task] = {"new_dims": k, "old_dims": self.b_old.shape[1]}
 
     def on_resume(self, finished_task: int) -> None:

@@ -90,7 +90,7 @@ class _TIR:
             else:
                 scales[n] = factor
         self._scale = scales or None
-        self._active = any(bool(self.importance(n).any()) for n in self.trainable_named())
+        self._active = self.has_importance()
 
     def weight(self, name: str) -> torch.Tensor:
         if self._scale is None:  # rescaled in place (the default), or nothing to rescale
@@ -114,11 +114,14 @@ class _TIR:
         if self.similarity is not None and task > 0:  # logged as method/similarity_to/<task>
             row = self.similarity[task]
             info["similarity_to"] = {self._names[j]: float(row[j]) for j in range(task)}
-        counts = torch.zeros(task + 1, dtype=torch.long)
-        for n in self.trainable_named():
-            own = self.owner(n)
-            counts += torch.bincount(own[own >= 0].flatten().cpu(), minlength=task + 1)[: task + 1]
-        info["importance_owner_share"] = (counts / counts.sum().clamp(min=1)).tolist()
+        # counted where the owners live; only the task + 1 totals come to the host
+        owners = [self.owner(n) for n in self.trainable_named()]
+        dev = owners[0].device if owners else torch.device("cpu")
+        counts = torch.zeros(task + 1, dtype=torch.long, device=dev)
+        for own in owners:  # shifted by one: bin 0 holds the elements no task owns (-1)
+            own = own.to(dev).flatten() + 1
+            counts += torch.bincount(own, minlength=task + 2)[1 : task + 2]
+        info["importance_owner_share"] = (counts / counts.sum().clamp(min=1)).cpu().tolist()
         return info
 
 
