@@ -163,3 +163,13 @@ def test_deepspeed_zero2_cpu_matches_ddp(tmp_path):
     run(ddp, Path(ddp.paths.output_dir))
     for t in (0, 1):
         _assert_same(_adapters(out, t), _adapters(Path(ddp.paths.output_dir), t))
+
+
+def test_fsdp_cpu_shards_fp32_adapters_over_a_bf16_base(tmp_path):
+    """The real path's mix: a bf16 base, fp32 adapters in the same wrapped unit."""
+    cfg = compose_cfg(tmp_path, [*FSDP, "method=seq_lora", "model.dtype=bfloat16"])
+    out = Path(cfg.paths.output_dir)
+    assert run(cfg, out)["complete"]
+    lora = {k: v for k, v in _adapters(out, 1).items() if "lora_" in k}
+    assert lora and {v.dtype for v in lora.values()} == {torch.float32}
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in lora.items())
