@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
-from mcl.callbacks.subspace import collect_inputs, energy_rank, extend_basis
+from mcl.callbacks.subspace import (
+    Gram,
+    collect_inputs,
+    energy_rank,
+    extend_basis,
+    interference_basis,
+)
 from mcl.models.mllm import IGNORE_INDEX, model_inputs
 from mcl.train import build, run
 from tests.conftest import MICRO, compose_cfg
@@ -27,6 +34,9 @@ def built(tmp_path_factory):
 def test_slots_sit_after_the_image_tokens_and_carry_no_loss(built):
     m, dm = built.method, built.dm
     col = m.mllm.collator
+    assert m.current_task is None and col.virtual_tokens == 0  # row 0: the untouched base
+    dm.set_task(0)
+    m.on_task_start(0, dm)
     assert col.virtual_tokens == 6
     samples = dm.test_samples("color")[:3]
     image_id = col.tokenizer.convert_tokens_to_ids(col.processor.image_token)
@@ -86,6 +96,7 @@ def test_projected_prompt_gradient_has_no_interference_component(built):
     m.zero_grad()
     m.training_step(batch, 0).backward()
     g0 = m.values.grad.detach().clone()
+    cb.on = "gradient"  # the gradient form (the default projects the applied update)
     cb.on_before_optimizer_step(None, m, None)
     g = m.values.grad.reshape(-1, g0.shape[-1]).double()
     b_s = cb.b_s.double()
@@ -129,3 +140,103 @@ def test_bases_come_from_the_gram_of_the_rows_the_svd_used(built):
     b, k = extend_basis(None, gram, m.eps_pre)
     ref = vh[:k_ref].T
     assert k == k_ref and (b.double() @ b.double().T - ref @ ref.T).norm() < 1e-4
+
+
+class _Steps(L.Callback):
+    """Each optimizer step's applied change of the named parameters (float64), read after every
+    other callback's ``on_train_batch_end`` (place it last), and the optimizers that took them."""
+
+    def __init__(self, params):
+        self.params, self.steps, self.optimizers, self._before = params, [], [], None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.optimizers.append(optimizer)
+        self._before = {n: p.detach().double().clone() for n, p in self.params().items()}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._before is not None:
+            now = {n: p.detach().double() for n, p in self.params().items()}
+            self.steps.append({n: now[n] - self._before[n] for n in now})
+            self._before = None
+
+
+def test_the_methods_adamw_steps_leave_the_protected_subspace_alone(tmp_path):
+    """Issue 26.1: with ``p.grad`` projected, AdamW's per-coordinate scaling put 0.43 of each
+    prompt update's energy back into the protected directions (a random direction's share). The
+    applied update is projected now: with the method's own optimizer and default projection,
+    each step of the prompt values has <= 1e-6 of its norm in B_S (float32 rounding)."""
+    cfg = compose_cfg(tmp_path, FWD)
+    runner = build(cfg, tmp_path / "run")
+    m = runner.method
+    assert (m.projection, m.project_on) == ("interference", "update")  # the defaults
+    runner.train_task(0)
+    # the interference space of the stored float32 bases, each orthonormalised in float64 (as
+    # stored they are orthonormal to ~1e-7, and the columns kept at norm ~tau = 0.1 would
+    # amplify that tenfold), computed here, not read from the callback
+    exact = [torch.linalg.qr(b.double())[0] for b in (m.b_old, m.b_pre)]
+    b_s = interference_basis(*exact, m.tau)
+    assert 0 < b_s.shape[1] < m.values.shape[-1]
+    rec = _Steps(lambda: {"values": m.values, "keys_txt": m.keys_txt})
+    own = m.callbacks
+    m.callbacks = lambda: [*own(), rec]
+    runner.train_task(1)
+    assert len(rec.steps) == cfg.train.steps
+    assert all(type(getattr(o, "optimizer", o)) is torch.optim.AdamW for o in rec.optimizers)
+    eps = torch.finfo(torch.float32).eps
+    for step in rec.steps:
+        for name, d in step.items():
+            rows = d.reshape(-1, d.shape[-1])
+            protected, norm = float((rows @ b_s).norm()), float(rows.norm())
+            assert norm > 0, name
+            # the values: <= 1e-6 of each step; the text keys (U(-1, 1), ~100x their step) add
+            # the rounding of the stored float32 parameter, at most an ulp per element
+            floor = 0.0 if name == "values" else eps * float(getattr(m, name).detach().norm())
+            assert protected <= 1e-6 * norm + floor, (name, protected / norm)
+
+
+def test_row_0_is_the_untouched_base_as_zero_shot_answers(tmp_path):
+    """Issue 26.2: before task 1 there are no prompt slots and no prompts, so row 0 (the FWT
+    baseline) is zero_shot's row 0: the same inputs, next-token logits and scores."""
+    got = {}
+    for name, over in (("zero_shot", [*MICRO, "method=zero_shot"]), ("fwd_prompt", FWD)):
+        runner = build(compose_cfg(tmp_path / name, over), tmp_path / name / "run")
+        m, dm = runner.method, runner.dm
+        batch = m.mllm.collator.prompt_batch(dm.test_samples("color")[:8])
+        m.eval()
+        with torch.no_grad(), m.eval_context(batch):
+            logits = m.mllm(**model_inputs(batch)).logits[:, -1]
+        runner.evaluate_row(0, list(range(len(runner.bench.tasks))))
+        preds = tmp_path / name / "run" / "predictions" / "row0"
+        answers = {p.name: p.read_text() for p in sorted(preds.glob("*.jsonl"))}
+        got[name] = (batch["input_ids"], logits, runner.matrix[0], runner.unseen[0], answers)
+    (ids_z, logit_z, *rest_z), (ids_f, logit_f, *rest_f) = got["zero_shot"], got["fwd_prompt"]
+    assert torch.equal(ids_f, ids_z)  # no slots
+    assert torch.equal(logit_f, logit_z)
+    assert rest_f == rest_z and len(rest_z[2]) == 3  # scores and every answer, unseen included
+
+
+def test_the_pretrained_basis_is_the_untouched_bases_input_embeddings(built):
+    """Issue 26.3: U_pre is built from what the frozen base sees -- no slots, no random prompt
+    vectors (they carried 56% of their energy into it)."""
+    m, dm = built.method, built.dm
+    dm.set_task(0)
+    m.on_task_start(0, dm)  # builds b_pre once (the first call in this module)
+    layer = m.mllm.part_modules("lm")[0].get_submodule(m.collect_at)
+    col = m.mllm.collator
+    slots, col.virtual_tokens = col.virtual_tokens, 0
+    gram = Gram()
+    try:
+        samples = dm.sample_task(0, m.probe_samples, m.sample_seed)
+        for batch in m.device_batches(samples, 32, prompts=True):
+            assert "virtual_mask" not in batch
+            with torch.no_grad(), collect_inputs(layer) as got:
+                m.mllm(**model_inputs(batch))  # the plain model: the hook writes nothing
+            keep = batch["attention_mask"].reshape(-1, 1)
+            rows = torch.cat(got)[: len(keep)]
+            gram.add(rows * keep.to(rows))
+    finally:
+        col.virtual_tokens = slots
+    want, k = extend_basis(None, gram, m.eps_pre)
+    b = m.b_pre.double()
+    assert b.shape[1] == k > 0
+    assert (b @ b.T - want.double() @ want.double().T).norm() < 1e-4

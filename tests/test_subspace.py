@@ -75,16 +75,18 @@ def test_projection_removes_the_interference_space_and_keeps_the_rest():
 
 
 class _Regressor(L.LightningModule):
-    def __init__(self, d: int, data):
+    def __init__(self, d: int, data, adam: bool = False):
         super().__init__()
         self.w = nn.Linear(d, 1, bias=False)
-        self.data = data
+        self.data, self.adam = data, adam
 
     def training_step(self, batch, _):
         x, y = batch
         return ((self.w(x).squeeze(-1) - y) ** 2).mean()
 
     def configure_optimizers(self):
+        if self.adam:  # what the prompt methods train with: per-coordinate scaling, decay
+            return torch.optim.AdamW(self.parameters(), lr=0.05, weight_decay=0.01)
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
     def train_dataloader(self):
@@ -97,34 +99,100 @@ def _task(basis: torch.Tensor, w_true: torch.Tensor, n: int, seed: int):
     return torch.utils.data.TensorDataset(x, x @ w_true)
 
 
-def _old_loss_drift(enabled: bool) -> float:
+class _Updates(L.Callback):
+    """Each optimizer step's applied change of ``w`` (read after the projection's hooks)."""
+
+    def __init__(self, model):
+        self.model, self.steps, self._before = model, [], None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._before = self.model.w.weight.detach().double().clone()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append(self.model.w.weight.detach().double() - self._before)
+
+
+def _old_loss_drift(
+    enabled: bool, on: str = "update", adam: bool = False, steps: list | None = None
+) -> float:
     torch.manual_seed(0)
     d = 10
     q, _ = torch.linalg.qr(torch.randn(d, d))
     a_dirs, b_dirs = q[:, :4], torch.cat([q[:, 2:4], q[:, 4:8]], 1)  # tasks share 2 directions
     w_a, w_b = torch.randn(d), torch.randn(d)
     task_a, task_b = _task(a_dirs, w_a, 256, 1), _task(b_dirs, w_b, 256, 2)
-    model = _Regressor(d, task_a)
+    model = _Regressor(d, task_a, adam=adam)
+    if adam:  # float64: what is left in the span is the map's, not the parameter's rounding
+        model.double()
+        task_a, task_b = (
+            torch.utils.data.TensorDataset(*(t.double() for t in task.tensors))
+            for task in (task_a, task_b)
+        )
+        model.data = task_a
     kw = dict(max_epochs=30, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     L.Trainer(**kw, enable_model_summary=False).fit(model)
     xa, ya = task_a.tensors
     with torch.no_grad():
         before = float(((model.w(xa).squeeze(-1) - ya) ** 2).mean())
-    cb = SubspaceProjection(lambda: list(model.parameters()), mode="gpm", enabled=enabled)
+    cb = SubspaceProjection(lambda: list(model.parameters()), mode="gpm", enabled=enabled, on=on)
     with collect_inputs(model.w) as rows:
         model.w(xa)
     cb.add_task(torch.cat(rows), eps=0.99)
     assert cb.b_old.shape[1] == 4
     model.data = task_b
-    L.Trainer(**kw, enable_model_summary=False, callbacks=[cb]).fit(model)
+    rec = _Updates(model)
+    L.Trainer(**kw, enable_model_summary=False, callbacks=[cb, rec]).fit(model)
+    if steps is not None:
+        steps += [(d, cb.b_old.double()) for d in rec.steps]
     with torch.no_grad():
         after = float(((model.w(xa).squeeze(-1) - ya) ** 2).mean())
     return after - before
 
 
-def test_projection_keeps_the_old_task_loss_from_drifting():
-    on, off = _old_loss_drift(True), _old_loss_drift(False)
-    assert off > 10 * max(on, 1e-6) and on < 1e-3
+@pytest.mark.parametrize("on", ["update", "gradient"])
+def test_projection_keeps_the_old_task_loss_from_drifting(on):
+    """Under SGD projecting the gradient and projecting the applied update are the same."""
+    kept, off = _old_loss_drift(True, on), _old_loss_drift(False, on)
+    assert off > 10 * max(kept, 1e-6) and kept < 1e-3
+
+
+def test_under_adamw_only_the_projected_update_protects_the_old_task():
+    """AdamW rescales each coordinate of a projected gradient (and decays every weight), so its
+    step re-enters the protected span; the applied update, projected, never does."""
+    steps: list = []
+    update = _old_loss_drift(True, "update", adam=True, steps=steps)
+    assert len(steps) == 30 * 8  # every step of task b
+    for d, b in steps:
+        assert (d @ b).norm() <= 1e-12 * d.norm() and d.norm() > 0
+    grads: list = []
+    gradient = _old_loss_drift(True, "gradient", adam=True, steps=grads)
+    share = max(float((d @ b).norm() / d.norm()) for d, b in grads)
+    off = _old_loss_drift(False, adam=True)
+    assert update < 1e-9 and gradient > 1e-3 and share > 0.1 and off > gradient, (
+        update,
+        gradient,
+        share,
+        off,
+    )
+
+
+def test_the_float32_projection_leaves_a_float32_rounding_of_the_removed_span():
+    """The per-step map runs in float32 (bases re-orthonormalised once in float64): what it
+    leaves in the removed span is ~1e-7 of the vector at a real width, not float64's 1e-16
+    but far below any effect; a float64 vector still gets float64's."""
+    g = torch.Generator().manual_seed(0)
+    d, k = 1024, 300
+    b, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
+    cb = SubspaceProjection(lambda: [], mode="gpm")
+    cb.b_old = b.float()
+    cb.refresh()
+    b = torch.linalg.qr(b.float().double())[0]  # the span of the stored float32 basis
+    grad = torch.randn(50, d, generator=g)
+    out = cb.apply(grad)
+    assert out.dtype == torch.float32
+    assert float((out.double() @ b).norm() / grad.double().norm()) < 1e-6
+    assert float((cb.apply(grad.double()) @ b).norm() / grad.double().norm()) < 1e-12
+    assert cb.bases(grad.device, torch.float32)["b_old"].dtype == torch.float32
 
 
 def _svd_basis(h: torch.Tensor, eps: float) -> tuple[torch.Tensor, int]:

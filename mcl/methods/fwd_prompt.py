@@ -9,20 +9,27 @@ space. Per sample, train and test alike (no task id), the score of prompt j is
 ``cos(q_img, k_img_j) + cos(q_txt, k_txt_j)`` with queries from frozen encoders (the vision
 tower's pooled feature; the mean input embedding of the instruction); the ``top_n`` best
 prompts' values fill ``top_n * prompt_length`` slots that the collator places right after the
-image tokens, before the instruction, written through a hook on the input embeddings. Loss =
+image tokens, before the instruction, written through a hook on the input embeddings. Until a
+first task has trained there are no slots and no prompts (the collator adds none): row 0 is the
+untouched base, the same answers as ``zero_shot``'s, so FWT has every method's baseline. Loss =
 LM loss + ``key_lambda`` * mean over samples of sum over the chosen prompts of (1 - s_j / 2).
 ``task_slices`` (option) gives each task its own ``pool_size // T`` prompts to train
 (selection at test ranges over every trained slice).
 
-Subspace side (:class:`~mcl.callbacks.subspace.SubspaceProjection`). Before task 1 the frozen
-model runs on ``probe_samples`` of it and the LM's input embeddings (at ``collect_at``, the first
-decoder layer's input, non-padding positions) give the pre-trained basis (energy ``eps_pre``;
-``pre_probe: vocabulary`` takes the input-embedding table's rows instead, no data needed);
-after each task its embeddings extend the old-task basis (energy ``eps_task`` +
-``eps_increment`` per task). Prompt values and text keys (rows in the input space) then have
-their gradient projected every optimizer step: ``interference`` (default: remove the old-task
-directions that pre-training does not share), ``gpm`` or ``additive`` (``projection``);
-``projection: none`` turns it off. Image keys live in another space and are not projected.
+Subspace side (:class:`~mcl.callbacks.subspace.SubspaceProjection`). Before task 1 the
+untouched base (no prompt slots) runs on ``probe_samples`` of it and the LM's input embeddings
+(at ``collect_at``, the first decoder layer's input, non-padding positions) give the pre-trained
+basis (energy ``eps_pre``; ``pre_probe: vocabulary`` takes the input-embedding table's rows
+instead, no data needed); after each task its embeddings, with the trained prompts in their
+slots, extend the old-task basis (energy ``eps_task`` + ``eps_increment`` per task). Prompt
+values and text keys (rows in the input space) are then projected every optimizer step:
+``interference`` (default: remove the old-task directions that pre-training does not share),
+``gpm`` or ``additive`` (``projection``); ``projection: none`` turns it off. ``project_on:
+update`` (default) projects the update the optimizer applied, so that the parameters move only
+in the allowed space with the method's AdamW (whose per-coordinate scaling would put a projected
+gradient's step back into the protected directions); ``gradient`` projects ``p.grad`` before the
+step, the spec's literal form, which holds for plain SGD only. Image keys live in another space
+and are not projected.
 The bases come from the d x d Gram matrix of those rows, accumulated batch by batch on the model's
 device in float32 (:class:`~mcl.callbacks.subspace.Gram`), never from an N x d matrix.
 """
@@ -36,7 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcl.callbacks.subspace import MODES, Gram, SubspaceProjection, collect_inputs, extend_basis
+from mcl.callbacks.subspace import (
+    MODES,
+    TARGETS,
+    Gram,
+    SubspaceProjection,
+    collect_inputs,
+    extend_basis,
+)
 from mcl.methods.base import ContinualMethod
 from mcl.models.mllm import model_inputs
 from mcl.models.task_embedding import FrozenFeatures
@@ -55,6 +69,7 @@ class FwdPrompt(ContinualMethod):
         task_slices: bool = False,
         n_tasks: int | None = None,
         projection: str = "interference",
+        project_on: str = "update",
         alpha: float = 1.0,
         eps_pre: float = 0.97,
         eps_task: float = 0.97,
@@ -69,6 +84,8 @@ class FwdPrompt(ContinualMethod):
         super().__init__(name=name, **kw)
         if projection not in (*MODES, "none"):
             raise ValueError(f"projection must be one of {', '.join(MODES)} or none")
+        if project_on not in TARGETS:
+            raise ValueError(f"project_on must be one of {', '.join(TARGETS)}, not {project_on!r}")
         if pre_probe not in ("first_task", "vocabulary"):
             raise ValueError(f"pre_probe must be first_task or vocabulary, not {pre_probe!r}")
         if not 0 < top_n <= pool_size:
@@ -76,6 +93,8 @@ class FwdPrompt(ContinualMethod):
         self.pool_size, self.top_n, self.prompt_length = pool_size, top_n, prompt_length
         self.key_lambda, self.task_slices, self.n_tasks = key_lambda, task_slices, n_tasks
         self.projection, self.alpha, self.tau = projection, alpha, tau
+        self.project_on = project_on
+        self.slots = top_n * prompt_length  # soft-prompt slots once a task trains
         self.eps_pre, self.eps_task, self.eps_increment = eps_pre, eps_task, eps_increment
         self.probe_samples, self.collect_at, self.sample_seed = (
             probe_samples,
@@ -105,8 +124,17 @@ class FwdPrompt(ContinualMethod):
         self.keys_txt = nn.Parameter(torch.rand(self.pool_size, d_lm, generator=g) * 2 - 1)
         self.register_buffer("b_pre", torch.zeros(d_lm, 0))
         self.register_buffer("b_old", torch.zeros(d_lm, 0))
-        mllm.collator.virtual_tokens = self.top_n * self.prompt_length
+        mllm.collator.virtual_tokens = 0  # no slots until a task trains: row 0 is the base
         emb.register_forward_hook(self._write_prompts)
+
+    @property
+    def has_prompts(self) -> bool:
+        """Whether inputs carry prompts: while a task trains and once one has."""
+        return self.current_task is not None or self.n_trained > 0
+
+    def _set_slots(self) -> None:
+        """The collator adds the prompt slots exactly when inputs carry prompts."""
+        self.mllm.collator.virtual_tokens = self.slots if self.has_prompts else 0
 
     def _write_prompts(self, module, args, output):
         """Put the chosen prompt vectors into the soft-prompt slots (only on the full prompt:
@@ -178,21 +206,25 @@ class FwdPrompt(ContinualMethod):
 
     @contextlib.contextmanager
     def eval_context(self, batch: dict):
-        self._stage(batch, training=False)
+        if "virtual_mask" in batch:  # slots once a task trained; without them: the base alone
+            self._stage(batch, training=False)
         try:
             yield
         finally:
             self._stash = None
 
     # ------------------------------------------------------------------ subspaces
-    def input_gram(self, samples: list[dict], size: int = 32) -> Gram:
+    def input_gram(self, samples: list[dict], size: int = 32, prompts: bool = True) -> Gram:
         """X^T X of the LM's input rows X at ``collect_at`` (non-padding positions) for
-        ``samples``, with the current prompts in their slots: accumulated per batch on the
-        model's device in float32; a batch's rows are dropped once added."""
+        ``samples``: with the current prompts in their slots, or (``prompts=False``) as the
+        untouched base sees them, without slots. Accumulated per batch on the model's device
+        in float32; a batch's rows are dropped once added."""
         layer = self.mllm.part_modules("lm")[0].get_submodule(self.collect_at)
         gram = Gram()
         was = self.training
         self.eval()
+        if not prompts:
+            self.mllm.collator.virtual_tokens = 0
         try:
             for batch in self.device_batches(samples, size, prompts=True):
                 with torch.no_grad(), collect_inputs(layer) as got, self.eval_context(batch):
@@ -203,6 +235,7 @@ class FwdPrompt(ContinualMethod):
         finally:
             self._picked = []
             self.train(was)
+            self._set_slots()
         return gram
 
     def on_task_start(self, task: int, dm) -> None:
@@ -210,11 +243,13 @@ class FwdPrompt(ContinualMethod):
         if dm is not None and task == 0 and self.b_pre.shape[1] == 0 and self.projection != "none":
             if self.pre_probe == "vocabulary":  # every token's input embedding: no data needed
                 h = Gram.of(self.mllm.model.get_input_embeddings().weight.detach().float())
-            else:  # the frozen model on a probe set: the first task's samples, before training
-                h = self.input_gram(dm.sample_task(0, self.probe_samples, self.sample_seed))
+            else:  # the untouched base (no slots, no prompts) on the first task's samples
+                samples = dm.sample_task(0, self.probe_samples, self.sample_seed)
+                h = self.input_gram(samples, prompts=False)
             b, k = extend_basis(self.b_pre.to(h.matrix), h, self.eps_pre)
             self.b_pre = b.to(self.b_pre)
             self.basis_info[-1] = {"pre_dims": k}
+        self._set_slots()
         self.set_trainable()
 
     def on_task_end(self, task: int, dm) -> None:
@@ -229,6 +264,7 @@ class FwdPrompt(ContinualMethod):
 
     def on_resume(self, finished_task: int) -> None:
         self.n_trained = finished_task + 1
+        self._set_slots()
 
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
         for name in ("b_pre", "b_old"):  # bases grow: take the checkpoint's width
@@ -243,6 +279,7 @@ class FwdPrompt(ContinualMethod):
             alpha=self.alpha,
             tau=self.tau,
             enabled=self.projection != "none" and self.b_old.shape[1] > 0,
+            on=self.project_on,
         )
         cb.b_pre, cb.b_old = self.b_pre, self.b_old
         cb.refresh()
