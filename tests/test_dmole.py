@@ -100,6 +100,34 @@ def test_dmole_linear_sums_selected_experts_without_gates():
         layer.add_expert(2)
 
 
+def test_each_expert_draws_its_own_dropout_mask():
+    """Issue 26.6: the code's loop calls ``lora_dropout(x)`` once per selected expert, so two
+    experts see independent masks (mcl shared one). Expert t0 copies its input to outputs
+    0..63 and t1 to 64..127, so the output shows each expert's mask."""
+    torch.manual_seed(0)
+    base = nn.Linear(64, 128)
+    layer = DMoLELinear(base, r=64, alpha=64, dropout=0.5)
+    for t in (0, 1):
+        layer.add_expert(t)
+        a, b = layer.experts[f"t{t}"]
+        with torch.no_grad():
+            a.weight.copy_(torch.eye(64))
+            b.weight.copy_(torch.eye(128)[:, 64 * t : 64 * (t + 1)])
+    x = torch.ones(3, 5, 64)
+    layer.set_route(torch.ones(3, 2), [0, 1])
+    layer.train()
+    with torch.no_grad():
+        y = layer(x) - base(x)
+    kept0, kept1 = y[..., :64] != 0, y[..., 64:] != 0
+    assert 0.3 < float(kept0.float().mean()) < 0.7 and 0.3 < float(kept1.float().mean()) < 0.7
+    assert not torch.equal(kept0, kept1)  # two masks, not one
+    assert float((kept0 == kept1).float().mean()) < 0.7  # independent: ~half agree
+    layer.eval()
+    with torch.no_grad():
+        y = layer(x) - base(x)
+    assert torch.allclose(y[..., :64], y[..., 64:], atol=1e-6)
+
+
 def test_autoencoder_threshold_is_the_quantile_of_its_own_errors():
     torch.manual_seed(0)
     z = nn.functional.normalize(torch.randn(300, 16) + 2, dim=-1)

@@ -70,6 +70,33 @@ def test_routers_get_no_gradient_and_zero_b_leaves_the_layer_unchanged():
     assert layer.scaling == 16 / 8  # alpha over the *total* rank
 
 
+def test_each_expert_draws_its_own_dropout_mask():
+    """Issue 26.6: the code's every expert applies ``lora_dropout(x)`` itself, so the VU and the
+    IF expert see independent masks (mcl shared one). Expert 0 copies its input to outputs
+    0..63 and expert 1 to 64..127, so the output shows each expert's mask."""
+    torch.manual_seed(0)
+    base = nn.Linear(64, 128)
+    layer = SMoLoRALinear(base, r=128, experts=2, n_vu=1, alpha=128, dropout=0.5, d_emb=4)
+    with torch.no_grad():
+        layer.lora_A.copy_(torch.cat([torch.eye(64), torch.eye(64)]))
+        layer.lora_B.copy_(torch.eye(128))
+        layer.lora_fuse_vu.weight.zero_()  # a 0.5 / 0.5 fusion
+        layer.lora_fuse_if.weight.zero_()
+    x = torch.ones(3, 5, 64)
+    layer.if_input = torch.randn(3, 4)
+    layer.train()
+    with torch.no_grad():
+        y = layer(x) - base(x)
+    kept_vu, kept_if = y[..., :64] != 0, y[..., 64:] != 0
+    assert 0.3 < float(kept_vu.float().mean()) < 0.7 and 0.3 < float(kept_if.float().mean()) < 0.7
+    assert not torch.equal(kept_vu, kept_if)  # two masks, not one
+    assert float((kept_vu == kept_if).float().mean()) < 0.7  # independent: ~half agree
+    layer.eval()  # no dropout: both experts see x
+    with torch.no_grad():
+        y = layer(x) - base(x)
+    assert torch.allclose(y[..., :64], y[..., 64:], atol=1e-6)
+
+
 def test_prompt_only_keeps_the_prefill_route_for_decode_steps():
     _, layer = _layer()
     layer.if_input = torch.randn(64, 6)

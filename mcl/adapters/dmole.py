@@ -5,7 +5,8 @@ expert per task that chose it, and the per-task autoencoder its router votes wit
 (``experts["t3"]``), so a checkpoint maps to tasks by name, not by position (the code keeps an
 ascending id list and loads with ``strict=False``; spec pitfall 8). A uses nn.Linear's
 Kaiming-uniform(a=sqrt 5) init, B is zero, ``scaling = alpha / r`` is shared by all experts.
-There is no gate: the selected experts' outputs are **summed** with weight 1.
+There is no gate: the selected experts' outputs are **summed** with weight 1. Dropout is drawn
+per expert (each expert's input gets its own mask), as the code's loop over experts does.
 
 Which experts run is set from outside before a forward (the method routes once per batch):
 ``mask`` is None (no expert: the pretrained layer) or a ``(B, n_tasks)`` 0/1 tensor, row b the
@@ -93,15 +94,16 @@ class DMoLELinear(nn.Module):
             return out
         result_dtype = out.dtype
         # the experts compute in their own dtype (fp32 over a bf16 base): the input and the mask
-        # are cast once per expert dtype, one dropout mask shared by every expert (as before)
+        # are cast once per expert dtype; each expert draws its own dropout mask, as the code's
+        # loop calls lora_dropout(x) once per selected expert
         cast: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
         for task in run:
             expert = self.experts[_key(task)]
             dt = expert[0].weight.dtype
             if dt not in cast:
-                cast[dt] = (self.dropout(x.to(dt)), self.mask.to(device=x.device, dtype=dt))
+                cast[dt] = (x.to(dt), self.mask.to(device=x.device, dtype=dt))
             h, mask = cast[dt]
-            y = expert(h) * self.scaling
+            y = expert(self.dropout(h)) * self.scaling
             out = out + y * mask[:, task].view(-1, *([1] * (y.dim() - 1)))
         return out.to(result_dtype)  # summed in the experts' dtype, handed back in x's
 

@@ -13,7 +13,9 @@ The two chosen experts' outputs are fused per token by a 2-way softmax over lear
 (``lora_fuse_vu``, ``lora_fuse_if``: ``Linear(d_out, 1)``): y = W x + a * y_vu + b * y_if. The
 one-hot routing is constant, so the routers get no gradient: they stay at their (seeded) random
 initialisation, frozen but saved. ``scaling = alpha / r`` with the *total* rank, A ~ N(0, 0.01^2),
-B = 0, as in the code.
+B = 0, as in the code. Dropout (``dropout``) is drawn afresh for each expert's input, as the
+code's every expert calls ``lora_dropout(x)`` itself: the VU and the IF expert see different
+masks.
 """
 
 from __future__ import annotations
@@ -90,8 +92,9 @@ class SMoLoRALinear(nn.Module):
         xa = x.to(self.lora_A.dtype)  # the experts compute in their own (fp32) dtype
         vu, if_ = self.route(xa)
         self.last_route = (vu.detach(), if_.detach())
-        xd = self.dropout(xa)  # one dropout mask for both branches, as the original's shared h
-        y_vu, y_if = self._branch(xd, vu), self._branch(xd, if_)
+        # one dropout mask per expert, as the original (each expert's A reads its own
+        # lora_dropout(x)): the two experts that run draw one each
+        y_vu, y_if = self._branch(self.dropout(xa), vu), self._branch(self.dropout(xa), if_)
         w = torch.softmax(torch.cat([self.lora_fuse_vu(y_vu), self.lora_fuse_if(y_if)], -1), -1)
         out = self.base(x) + (w[..., :1] * y_vu + w[..., 1:] * y_if).to(x.dtype)
         return out[0] if squeeze else out
