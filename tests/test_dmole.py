@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mcl.adapters.dmole import DMoLELinear, TaskAutoencoder
-from mcl.methods.dmole import UpdateRatioCallback, allocate
+from mcl.methods.dmole import DMoLE, UpdateRatioCallback, allocate, round_half_up, zc_batches
 from mcl.train import build, run
 from tests.conftest import MICRO, compose_cfg
 
@@ -37,11 +37,11 @@ def test_allocator_never_exceeds_the_budget_and_respects_the_floor(seed):
     scores, modality, cost = _units(rng.randint(1, 12), rng.randint(1, 24), rng)
     portion, floor = rng.choice([0.25, 0.5, 0.75, 1.0]), rng.choice([0.0, 0.25, 0.5])
     a = allocate(scores, modality, portion, floor)
-    total = round(portion * len(scores))
+    total = int(portion * len(scores) + 0.5)  # the code's rounding: halves up
     n_vis = sum(m == "vision" for m in modality.values())
     assert len(a["units"]) == a["n_vision"] + a["n_lm"] == total  # exactly the budget
     assert a["n_vision"] >= min(n_vis, math.floor(floor * total))  # the ViT floor
-    assert a["n_vision"] >= min(n_vis, round(total * a["vision_share"]))
+    assert a["n_vision"] >= min(n_vis, int(total * a["vision_share"] + 0.5))
     # within a modality, the chosen units are its top-scored ones
     for m in ("vision", "lm"):
         chosen = [u for u in a["units"] if modality[u] == m]
@@ -73,6 +73,21 @@ def test_vision_share_follows_gradient_mass_above_the_floor():
     assert allocate(ties, modality)["units"] == allocate(ties, modality)["units"]
     with pytest.raises(ValueError, match="curriculum must be"):
         allocate(ties, modality, curriculum="soft")
+
+
+def test_counts_round_halves_up_as_the_code_does():
+    """Issue 26.10: the code rounds with ``int(x + 0.5)``; Python's ``round`` takes halves to
+    the even neighbour, so 2.5 gave 2 units where the code places 3."""
+    assert [round_half_up(x) for x in (0.5, 1.5, 2.5, 2.49, 3.5)] == [1, 2, 3, 2, 4]
+    modality = {f"v{i}": "vision" for i in range(5)} | {f"l{i}": "lm" for i in range(5)}
+    even = {u: 1.0 for u in modality}  # vision share 0.5 of total 5 = 2.5 units
+    a = allocate(even, modality, 0.5, 0.25)
+    assert a["vision_share"] == 0.5 and (a["n_vision"], a["n_lm"]) == (3, 2)
+    five = {u: modality[u] for u in list(modality)[:3] + list(modality)[5:7]}  # 5 x 0.5 = 2.5
+    assert len(allocate({u: 1.0 for u in five}, five, 0.5, 0.0)["units"]) == 3
+    # zero-cost batches: int(250 batches x 0.01 + 0.5) = 3, and the loop runs one more
+    assert zc_batches(2000, 8, 0.01) == 4 and zc_batches(2001, 8, 0.01) == 4
+    assert zc_batches(100, 8, 0.01) == 1  # int(13 x 0.01 + 0.5) = 0, plus one
 
 
 # ---------------------------------------------------------------- the layer
@@ -144,14 +159,30 @@ DMOLE = [*MICRO, "method=dmole", "method.rep_samples=96", "method.ae_epochs=200"
 
 @pytest.fixture(scope="module")
 def two_task_run(tmp_path_factory):
+    """The default D-MoLE on two micro tasks; every routing vote recorded as (task being
+    trained or None at test, whether the module was training, the AEs consulted)."""
     tmp = tmp_path_factory.mktemp("dmole")
-    cfg = compose_cfg(tmp, [*DMOLE, "++method.lr=1e-2"])
-    results = run(cfg, Path(cfg.paths.output_dir))
-    return tmp / "run", results
+    # ae_batch_size 10: ~10 AE steps an epoch on 96 samples, as the code's ~11 (batch 1024 over
+    # ~11k); at the default 64 (2 steps an epoch here) task 0's AE stopped on the early plateau
+    # after 19 epochs and every test batch voted for task 1
+    cfg = compose_cfg(tmp, [*DMOLE, "++method.lr=1e-2", "method.ae_batch_size=10"])
+    asked: list[tuple[int | None, bool, list[int]]] = []
+    votes = DMoLE.votes
+
+    def recording(self, z, tasks):
+        asked.append((self.current_task, self.training, list(tasks)))
+        return votes(self, z, tasks)
+
+    DMoLE.votes = recording
+    try:
+        results = run(cfg, Path(cfg.paths.output_dir))
+    finally:
+        DMoLE.votes = votes
+    return tmp / "run", results, asked
 
 
 def test_runs_end_to_end_and_accounts_parameters(two_task_run):
-    out, res = two_task_run
+    out, res, _ = two_task_run
     assert res["complete"] and res["method"] == "dmole"
     info = res["method_info"]
     assert len(info) == 2
@@ -161,12 +192,30 @@ def test_runs_end_to_end_and_accounts_parameters(two_task_run):
         assert i["n_vision"] >= math.floor(0.25 * 6)
         assert res["params"][t]["trainable"] == i["new_params"] > 0
     assert info[1]["stored_params"] == info[0]["new_params"] + info[1]["new_params"]
-    ev = res["method_eval"][2]["color"]
-    assert 0 <= ev["task_id_acc"] <= 100 and 0 <= ev["no_expert_pct"] <= 100
+    assert all(i["route_granularity"] == "batch" for i in info)  # the code's, by default
+
+
+def test_routes_test_batches_to_their_task_well_above_chance(two_task_run):
+    """Issue 26.9: after both tasks, each test batch's vote picks its own task (chance: 50%)."""
+    _, res, _ = two_task_run
+    for row, tasks in ((1, ["color"]), (2, ["color", "position"])):
+        for name in tasks:
+            ev = res["method_eval"][row][name]
+            assert ev["task_id_acc"] >= 90 and ev["no_expert_pct"] <= 10, (row, name, ev)
+
+
+def test_training_consults_only_earlier_tasks_autoencoders(two_task_run):
+    """Issue 26.9: training task t votes with the AEs of tasks < t (task 0: none, so only its
+    own experts); evaluation after task t with those of tasks <= t."""
+    _, _, asked = two_task_run
+    train = {(t, tuple(tasks)) for t, training, tasks in asked if training}
+    assert train == {(0, ()), (1, (0,))}
+    test = {tuple(tasks) for _, training, tasks in asked if not training}
+    assert test == {(), (0,), (0, 1)}  # rows 0, 1, 2
 
 
 def test_frozen_experts_are_bit_identical_after_a_later_task(two_task_run):
-    out, _ = two_task_run
+    out, _, _ = two_task_run
     a = load_file(str(out / "checkpoints" / "task00" / "adapters.safetensors"))
     b = load_file(str(out / "checkpoints" / "task01" / "adapters.safetensors"))
     old = [k for k in a if ".experts.t0." in k or k.startswith("aes.t0.")]
@@ -233,6 +282,39 @@ def test_routing_rules_and_the_curriculum_rescale(tmp_path):
     assert cb_scale == pytest.approx(0.4 if m.modality[next(iter(m.layers()))] == "vision" else 1.6)
 
 
+def test_the_second_task_needs_its_share_of_the_valid_votes(tmp_path):
+    """Issue 26.9, the code's get_task_ids: at test the most-voted task, plus the second only at
+    >= 0.3 of the *valid* votes; in training task t, plus the most-voted earlier task only at
+    that share; the AEs consulted in training are those of tasks < t."""
+    runner = build(compose_cfg(tmp_path, DMOLE), tmp_path / "run")
+    m = runner.method
+    assert m.route_granularity == "batch" and m.second_task_share == 0.3  # the defaults
+    m.n_trained = 4
+    asked, given = [], []
+    m.votes = lambda z, tasks: asked.append(list(tasks)) or given[-1][: len(z)]
+    z = torch.zeros(10, 4)
+
+    def on(mask):
+        assert bool((mask == mask[0]).all())  # one decision for the whole batch
+        return {t for t, v in enumerate(mask[0].tolist()) if v}
+
+    # 7 valid votes: task 1 has 5 (0.71), task 0 has 2 (0.29 < 0.3)
+    given.append(torch.tensor([1, 1, 1, 1, 1, 0, 0, -1, -1, -1]))
+    assert on(m.route(z)) == {1} and asked[-1] == [0, 1, 2, 3]
+    assert on(m.route(z, training_task=2)) == {1, 2} and asked[-1] == [0, 1]
+    # task 0 at 3 of 8 valid votes (0.375): joins at test
+    given.append(torch.tensor([1, 1, 1, 1, 1, 0, 0, 0, -1, -1]))
+    assert on(m.route(z)) == {0, 1}
+    # training task 4: four earlier tasks at 2 of 7 votes each (0.29): the most-voted (task 0,
+    # the first of the ties, as numpy's argmax) stays out; at 3 of 8 (0.375) it joins
+    given.append(torch.tensor([0, 0, 1, 1, 2, 2, 3, -1, -1, -1]))
+    assert on(m.route(z, training_task=4)) == {4} and asked[-1] == [0, 1, 2, 3]
+    given.append(torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, -1, -1]))
+    assert on(m.route(z, training_task=4)) == {0, 4}
+    given.append(torch.full((10,), -1))
+    assert on(m.route(z)) == set() and on(m.route(z, training_task=1)) == {1}
+
+
 def test_autoencoders_route_held_out_samples_to_their_task(tmp_path):
     """Three twin tasks; each AE fit on the task's training samples; held-out test samples."""
     tasks = "[skvg,iconqa,kvqa]"
@@ -263,7 +345,7 @@ def test_autoencoders_route_held_out_samples_to_their_task(tmp_path):
 
 
 def test_resume_rebuilds_experts_and_autoencoders_from_the_checkpoint(two_task_run, tmp_path):
-    out, full = two_task_run
+    out, full, _ = two_task_run
     cfg = compose_cfg(tmp_path, [*DMOLE, "++method.lr=1e-2"])
     runner = build(cfg, tmp_path / "run")
     state = load_file(str(out / "checkpoints" / "task01" / "adapters.safetensors"))

@@ -7,7 +7,8 @@ Candidates are the attention linears of the vision tower and the LM (``vision_ta
 1. **Zero-cost scores**: the LM loss is back-propagated, without an optimizer step, over
    ``round(zc_portion * #batches) + 1`` of task t's training batches (the code's loop runs one
    batch past the portion); a candidate's score is the summed L2 norms of the gradients of its
-   *pretrained* weight and bias.
+   *pretrained* weight and bias. (``round`` here and in 2. is the code's ``int(x + 0.5)``,
+   halves up -- :func:`round_half_up` -- not Python's ``round``, which takes them to even.)
 2. **Allocation** (:func:`allocate`): ``round(budget_portion * #units)`` units per task (a unit
    is a module, or with ``granularity=block`` one layer's attention); the vision tower gets
    ``max(floor(vit_min_share * total), round(total * its share of the gradient mass))`` of them
@@ -25,12 +26,14 @@ Candidates are the attention linears of the vision tower and the LM (``vision_ta
    ``tau_quantile`` of its own reconstruction errors (no released rule; spec section 1.4).
 
 Routing (:meth:`DMoLE.route`): a sample votes for the task whose AE reconstructs it best among
-those whose threshold it passes (none passed: no vote). With ``route_granularity=batch`` (the
-code) the batch takes the most-voted task plus the second if it has >= ``second_task_share`` of
-the valid votes; with ``sample`` (default) each sample uses its own vote. In training (AEs < t)
-task t is always on and the most-voted earlier task joins it under the same rule. Nothing voted
-at test time means no expert: the pretrained model answers. The selected tasks' experts are
-summed in every layer holding one.
+those whose threshold it passes (none passed: no vote). ``route_granularity=batch`` (default,
+the code's ``get_task_ids``): at test the batch takes the most-voted task plus the second if it
+has >= ``second_task_share`` of the valid votes; in training only the AEs of earlier tasks
+(< t) vote, task t is always on, and the most-voted earlier task joins it if it has that share.
+``sample`` is mcl's addition, not the code's: each sample uses its own vote (in training, t
+plus the sample's earlier task), so a batch mixing tasks is routed per sample instead of by a
+vote that batch homogeneity helps. Nothing voted at test time means no expert: the pretrained
+model answers. The selected tasks' experts are summed in every layer holding one.
 
 ``curriculum``: ``split`` (the code: the budget split above), ``none`` (the "no curriculum"
 ablation: an even split), or ``rescale`` (the paper's wording: an even split, and each step's
@@ -57,6 +60,19 @@ from mcl.models.mllm import model_inputs
 MODALITIES = ("vision", "lm")
 
 
+def round_half_up(x: float) -> int:
+    """The code's rounding, ``int(x + 0.5)`` (budget, ViT share, zero-cost batches): halves go
+    up, where Python's ``round`` takes them to the even neighbour (``round(2.5) == 2``). For
+    the non-negative counts here ``int`` truncation is the floor."""
+    return int(x + 0.5)
+
+
+def zc_batches(n_train: int, batch_size: int, portion: float) -> int:
+    """Batches the zero-cost proxy scores: the code's ``max_batch_num = int(len(loader) *
+    portion + 0.5)``, and its loop runs batches ``0..max_batch_num``, one more."""
+    return round_half_up(math.ceil(n_train / batch_size) * portion) + 1
+
+
 def _natural(name: str) -> tuple:
     """Sort key that orders layer numbers numerically (layers.2 before layers.10)."""
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
@@ -76,9 +92,9 @@ def allocate(
     """Choose the units (modules or blocks) that get a new expert for one task.
 
     ``scores``/``modality``/``cost`` are per unit. By count (default): ``total =
-    round(budget_portion * #units)``, split between ``vision`` and ``lm`` as described in the
-    module docstring (capped by what each modality has; a modality's shortfall goes to the
-    other). By parameters (``budget_params``): each modality may spend its share of the budget,
+    round_half_up(budget_portion * #units)``, split between ``vision`` and ``lm`` as described
+    in the module docstring (capped by what each modality has; a modality's shortfall goes to
+    the other). By parameters (``budget_params``): each modality may spend its share of the budget,
     taking units in order while they fit, so the total never exceeds it. Ties in score are
     broken by a seeded shuffle (the code: pandas ``sample(random_state=42)``)."""
     if curriculum not in ("split", "none", "rescale"):
@@ -101,8 +117,8 @@ def allocate(
         return sorted(shuffled, key=lambda u: -scores[u])  # stable: ties keep the shuffle
 
     if budget_params is None:
-        total = round(budget_portion * len(scores))
-        n_v = total // 2 if curriculum != "split" else round(total * share_v)
+        total = round_half_up(budget_portion * len(scores))
+        n_v = total // 2 if curriculum != "split" else round_half_up(total * share_v)
         if curriculum == "split":
             n_v = max(math.floor(vit_min_share * total), n_v)
         n_v = min(n_v, len(units["vision"]))
@@ -180,7 +196,7 @@ class DMoLE(ContinualMethod):
         ae_patience: int = 10,
         tau_quantile: float = 0.95,
         second_task_share: float = 0.3,
-        route_granularity: str = "sample",
+        route_granularity: str = "batch",
         text_pool: str = "all",
         sample_seed: int = 0,
         **kw,
@@ -245,7 +261,7 @@ class DMoLE(ContinualMethod):
         if not self.modality:
             raise ValueError("no candidate module matches vision_targets / lm_targets")
         n_units = len({self.unit_of(n) for n in self.modality})
-        if self.budget_params is None and round(self.budget_portion * n_units) < 1:
+        if self.budget_params is None and round_half_up(self.budget_portion * n_units) < 1:
             raise ValueError(
                 f"budget_portion={self.budget_portion} of {n_units} candidate units places no "
                 f"expert; raise it to at least {0.5 / n_units:.3g}"
@@ -306,7 +322,7 @@ class DMoLE(ContinualMethod):
         gradients accumulated over the task's first batches, experts off, no step taken."""
         n_train = dm.bench.tasks[task]["train"]["samples"]
         size = dm.batch_size
-        n_batches = round(math.ceil(n_train / size) * self.zc_portion) + 1
+        n_batches = zc_batches(n_train, size, self.zc_portion)
         samples = dm.sample_task(task, n_batches * size, self.sample_seed)
         layers = self.layers()
         params = {
@@ -566,7 +582,7 @@ class DMoLE(ContinualMethod):
         info |= {
             "new_params": a.get("new_params"),
             "stored_params": stored,
-            "budget_units": round(
+            "budget_units": round_half_up(
                 self.budget_portion * len({self.unit_of(n) for n in self.modality})
             )
             if self.budget_params is None
