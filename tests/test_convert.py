@@ -14,10 +14,41 @@ import pytest
 from PIL import Image
 
 from mcl.data.bench import Benchmark
-from mcl.data.convert import bench_choices, convert, main
+from mcl.data.convert import (
+    InstructionFinder,
+    bench_choices,
+    convert,
+    load_records,
+    main,
+    split_questions,
+)
 from mcl.data.shards import read_shards
+from mcl.data.tasks import sample_instruction
+from mcl.methods.smolora import route_text
 
 FIXTURE = Path(__file__).parent / "fixtures" / "llava" / "train.json"
+# CVIT's published annotation files (HF zackie29/SMoLoRA, CVIT_benchmark/Instructions_Single/
+# <Task>/train.json), a few records each, with the real instruction strings
+CVIT = Path(__file__).parent / "fixtures" / "llava" / "cvit"
+FOLDERS = {
+    "scienceqa": "ScienceQA",
+    "textvqa": "TextVQA",
+    "flickr30k": "Flickr30k",
+    "imagenet": "ImageNet",
+    "gqa": "GQA",
+    "places365": "Places365",
+}
+_VQA = "Answer the question using a single word or phrase."
+# SMoLoRA's single-type instruction table (scripts/SMoLoRA/ins_gen.py), one row per task type
+TYPE_TABLE = {
+    "scienceqa": "Answer with the option's letter from the given choices directly.",
+    "textvqa": _VQA,
+    "flickr30k": "What is happening in the presented picture?\nPlease describe it in one "
+    "complete sentence.",
+    "imagenet": "What is the object in the image?\n" + _VQA,
+    "gqa": _VQA,
+    "places365": "What is the background of the image?\n" + _VQA,
+}
 SCORERS = {"vqa", "exact", "mc", "iou", "cider"}
 
 _OPENED: list[str] | None = None  # paths opened while a test records them (audit hook below)
@@ -318,3 +349,76 @@ def test_bench_configs_compose(tmp_path, bench):
     if bench in ("coin", "ucit", "mllm_dcl"):
         assert cfg.bench.synthetic.twin is None
         assert {"seed", "train", "test", "shard_size", "instructions"} <= set(cfg.bench.synthetic)
+
+
+def _cvit_images(ann: Path, root: Path) -> None:
+    for rec in json.loads(ann.read_text()):
+        path = root / rec["image"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), "white").save(path)
+
+
+def test_cvit_data_records_the_instructions_of_smoloras_type_table(tmp_path):
+    """Issue 26.5: converted data had no meta.instruction, so SMoLoRA's oracle type table fell
+    back to each question's last sentence and ImageNet, TextVQA and Places365 were one type.
+    The converter records each task's instruction: routed whole (oracle_type), it is the
+    official table's row for the task."""
+    out, root = tmp_path / "bench", tmp_path / "images"
+    by_task = {}
+    for task in ("scienceqa", "textvqa", "flickr30k", "imagenet", "gqa"):
+        ann = CVIT / FOLDERS[task] / "train.json"
+        _cvit_images(ann, root)
+        summary = convert("cvit", task, "train", ann, root, out, progress=False)
+        assert summary["written"] > 0
+        assert summary["instructions"] == {TYPE_TABLE[task]: summary["written"]}, task
+        spec = json.loads((out / "bench.json").read_text())
+        entry = next(t for t in spec["tasks"] if t["name"] == task)
+        by_task[task] = read_shards([out / s for s in entry["train"]["shards"]])
+    for task, samples in by_task.items():
+        assert {sample_instruction(s) for s in samples} == {TYPE_TABLE[task]}, task
+        # what SMoLoRA's oracle_type embeds for the task's type (route_text, whole)
+        routed = {route_text(s["question"], sample_instruction(s), whole=True) for s in samples}
+        assert routed == {TYPE_TABLE[task]}, task
+    # without the record, every VQA-format task's last sentence was the same type
+    last = {route_text(s["question"], None, whole=True) for s in by_task["imagenet"]}
+    assert last == {_VQA}
+    # Places365, CVIT's downstream task (not in conf/bench/cvit.yaml), under the same rule
+    questions = split_questions(list(load_records(CVIT / "Places365" / "train.json")), "split")
+    finder = InstructionFinder(questions)
+    assert {finder(q) for q in questions} == {TYPE_TABLE["places365"]}
+    rows = {TYPE_TABLE[t] for t in ("imagenet", "textvqa", "places365")}
+    assert len(rows) == 3  # three distinct types, as in the table
+    # a record's own "instruction" field is taken as it is
+    recs = json.loads((CVIT / "ImageNet" / "train.json").read_text())
+    recs[0]["instruction"] = "Name the object."
+    ann = tmp_path / "own.json"
+    ann.write_text(json.dumps(recs))
+    summary = convert("cvit", "imagenet", "train", ann, root, out, progress=False)
+    assert summary["instructions"] == {TYPE_TABLE["imagenet"]: 3, "Name the object.": 1}
+
+
+def test_instructions_are_the_recurring_last_lines_of_the_questions():
+    # CVIT's multi-type ImageNet: five paraphrases (ins_gen.py), each recorded whole
+    para = [
+        "What is the main object present in the image?\nProvide your answer using a word or "
+        "brief phrase.",
+        "Which specific object does the image depict?\nGive your answer in one word or a "
+        "short phrase.",
+        "What category does the object in the image belong to?\nAnswer using a single word "
+        "or phrase.",
+        "What is the primary object visible in the image?\nAnswer using a brief phrase or "
+        "single word.",
+        "What is the object in the image?\nAnswer briefly with a word or a short phrase.",
+    ]
+    questions = [p for p in para for _ in range(3)]
+    finder = InstructionFinder(questions)
+    assert [finder(q) for q in questions] == questions
+    # a per-sample line before the instruction stays out, even a frequent one (ScienceQA's
+    # "B. no"), unless it comes with it in at least half of the questions
+    qs = [f"q{i}?\nA. yes\nB. no\nPick one." for i in range(3)]
+    qs += [f"q{i}?\nA. {i}\nB. {i + 1}\nPick one." for i in range(5)]
+    assert {InstructionFinder(qs)(q) for q in qs} == {"Pick one."}
+    assert InstructionFinder(qs[:3])(qs[0]) == "A. yes\nB. no\nPick one."
+    # nothing recurs (free-form questions), or too rarely: no instruction
+    assert InstructionFinder(["what is it?", "where is it?"])("what is it?") is None
+    assert InstructionFinder(["what is it?"] * 2 + ["x"] * 48)("what is it?") is None  # < 5%

@@ -25,6 +25,19 @@ Rules:
   root; such files are never opened), ``missing_image`` (no ``image`` field or no such file),
   ``unreadable_image`` (PIL cannot decode the bytes), ``empty_answer``. ``empty_answer`` counts
   QA pairs (the other pairs of the record are kept); every other reason counts records.
+- **Instructions** (``meta.instruction``): the part of a question that is the task's
+  instruction, not the sample's -- what SMoLoRA's instruction-type table embeds (CVIT's ImageNet
+  "What is the object in the image?\nAnswer the question using a single word or phrase.",
+  TextVQA's last line "Answer the question using a single word or phrase."). A record's own
+  string ``"instruction"`` field is taken as it is. Otherwise it is found from the split's
+  questions, whose instruction is always their last line(s): the longest run of last lines
+  (the last one, then the two last, ...) that recurs, i.e. the last line is shared by at least
+  ``max(2, 5%)`` of the split's questions and each longer run by at least half of the questions
+  sharing the shorter one (so ScienceQA's "B. no" before its instruction, in a tenth of the
+  records, stays out, while ImageNet's and Places365's fixed question lines go in). A question
+  whose last line recurs in no other question has none; the summary lists what was found
+  (``instructions``: text and count). Without it, a method falls back to the last sentence,
+  which makes ImageNet, TextVQA and Places365 one instruction type.
 - **Image bytes** are copied unchanged as ``png`` or ``jpg`` by the decoded format (not the file
   extension); other formats (GIF, BMP, WebP, ...) are re-encoded losslessly to PNG as RGB and
   counted as ``reencoded`` in the summary.
@@ -62,6 +75,11 @@ SPLITS = ("train", "test")
 REASONS = ("malformed", "path_escape", "missing_image", "unreadable_image", "empty_answer")
 CONVERTIBLE = ("image",)  # modalities this converter writes (payload png/jpg)
 MAX_EXAMPLES = 3
+# instructions found from the questions (module doc): the last line must be shared by this share
+# of the split's questions (and by two at least); a longer run of last lines by this share of
+# those sharing the shorter one
+INSTRUCTION_MIN_SHARE = 0.05
+INSTRUCTION_KEEP = 0.5
 _FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg"}  # MPO = multi-picture JPEG from phones
 
 
@@ -165,6 +183,52 @@ def qa_pairs(conversations: object) -> list[tuple[str, str]]:
     return pairs
 
 
+def _lines(question: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in question.split("\n") if line.strip())
+
+
+class InstructionFinder:
+    """The instruction of each question of a split: its longest recurring run of last lines
+    (module doc), ``"\n"``-joined; None when its last line recurs in no other question."""
+
+    def __init__(
+        self,
+        questions: list[str],
+        min_share: float = INSTRUCTION_MIN_SHARE,
+        keep: float = INSTRUCTION_KEEP,
+    ):
+        self.count: dict[tuple[str, ...], int] = {}
+        for q in questions:
+            lines = _lines(q)
+            for k in range(1, len(lines) + 1):
+                self.count[lines[-k:]] = self.count.get(lines[-k:], 0) + 1
+        self.least = max(2, min_share * len(questions))
+        self.keep = keep
+
+    def __call__(self, question: str) -> str | None:
+        lines = _lines(question)
+        if not lines or self.count.get(lines[-1:], 0) < self.least:
+            return None
+        k = 1
+        while k < len(lines) and self.count[lines[-k - 1 :]] >= self.keep * self.count[lines[-k:]]:
+            k += 1
+        return "\n".join(lines[-k:])
+
+
+def split_questions(records: list[tuple[int, object]], multi_turn: str) -> list[str]:
+    """Every question the split would convert (text only: images are not looked at)."""
+    out = []
+    for _, rec in records:
+        if not isinstance(rec, dict):
+            continue
+        try:
+            pairs = qa_pairs(rec.get("conversations"))
+        except ValueError:
+            continue
+        out += [q for q, _ in (pairs[:1] if multi_turn == "first" else pairs)]
+    return out
+
+
 def resolve_image(root_real: Path, rel: str) -> tuple[str | None, Path | None]:
     """``(skip reason, None)`` or ``(None, resolved path inside the root)``.
 
@@ -221,7 +285,7 @@ class Skips:
         }
 
 
-def _samples(records, task, split, info, root_real, multi_turn, skips, stats, bar):
+def _samples(records, task, split, info, root_real, multi_turn, skips, stats, bar, finder):
     """Shard records (dicts of bytes) for every convertible QA pair, in input order."""
     for index, rec in records:
         bar.update(1)
@@ -263,10 +327,16 @@ def _samples(records, task, split, info, root_real, multi_turn, skips, stats, ba
             refs = [refs]
         refs = [str(r).strip() for r in refs] if isinstance(refs, list) else []
         refs = [r for r in refs if r]
+        given = rec.get("instruction")
         for turn, question, answer in kept:
             meta = {"id": rec.get("id", index), "index": index, "image": rel}
             if len(pairs) > 1:
                 meta["turn"] = turn
+            instruction = given.strip() if isinstance(given, str) and given.strip() else None
+            instruction = instruction or finder(question)
+            if instruction:
+                meta["instruction"] = instruction
+                stats["instructions"][instruction] = stats["instructions"].get(instruction, 0) + 1
             sample = {
                 "task": task,
                 "modality": info["modality"],
@@ -397,7 +467,8 @@ def convert(
     task_dir.mkdir(parents=True, exist_ok=True)
     tmp = task_dir / f".{split}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    skips, stats = Skips(), {"samples": 0, "reencoded": 0}
+    skips, stats = Skips(), {"samples": 0, "reencoded": 0, "instructions": {}}
+    finder = InstructionFinder(split_questions(records, multi_turn))
     bar = tqdm(
         total=len(records),
         desc=f"{bench}/{task} {split}",
@@ -406,7 +477,7 @@ def convert(
         mininterval=1,
     )
     try:
-        gen = _samples(records, task, split, info, root_real, multi_turn, skips, stats, bar)
+        gen = _samples(records, task, split, info, root_real, multi_turn, skips, stats, bar, finder)
         names_written = write_shards(str(tmp / f"{split}-%06d.tar"), gen, shard_size)
         bar.set_postfix(written=stats["samples"], refresh=False)
         bar.close()
@@ -422,6 +493,10 @@ def convert(
             "records": len(records),
             "written": stats["samples"],
             "reencoded": stats["reencoded"],
+            # meta.instruction as written, most frequent first (samples per text)
+            "instructions": dict(
+                sorted(stats["instructions"].items(), key=lambda kv: (-kv[1], kv[0]))
+            ),
             "skipped": skips.as_dict(),
             "shards": [],
         }
@@ -464,6 +539,18 @@ def format_summary(summary: dict, out: Path) -> str:
         lines.append("skipped: none")
     if s["reencoded"]:
         lines.append(f"re-encoded to PNG (not PNG/JPEG): {s['reencoded']} images")
+    found = s.get("instructions") or {}
+    if found:
+        top = next(iter(found))
+        lines.append(
+            f"instructions (meta.instruction): {len(found)} distinct on "
+            f"{sum(found.values())} samples, most often {top!r}"
+        )
+    elif s["written"]:
+        lines.append(
+            "instructions (meta.instruction): none found (no last line recurs); methods that "
+            "route by instruction fall back to each question's last sentence"
+        )
     n_skip = sum(v["count"] for k, v in skipped.items() if k != "empty_answer")
     if s["records"] and n_skip / s["records"] > 0.05:
         lines.append(

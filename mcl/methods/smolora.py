@@ -20,8 +20,11 @@ Routing options:
   and during generation re-chosen at every decode step from that token alone; ``prompt_only``:
   the mean over prompt tokens, fixed after the prefill.
 
-A sample's instruction is ``meta.instruction`` when its data records it (the twins do: the
-template's text without the per-sample fields); otherwise its question's last sentence.
+A sample's instruction is ``meta.instruction`` when its data records it -- the twins do (the
+template's text without the per-sample fields), and so does real data converted by
+:mod:`mcl.data.convert` (a question's recurring last lines: CVIT's ImageNet, TextVQA and
+Places365 get the official table's three distinct rows) -- otherwise its question's last
+sentence.
 
 The instruction encoder (``encoder``): ``lm`` (default) is the frozen LM's mean-pooled input
 embeddings (no extra package); ``minilm`` is the paper's all-MiniLM-L6-v2, bundled offline by the
