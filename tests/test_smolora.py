@@ -19,7 +19,7 @@ from mcl.data.tasks import instruction_text
 from mcl.methods.smolora import SMoLoRA, instruction_of, route_text
 from mcl.models.mllm import model_inputs
 from mcl.models.tiny import build_tiny
-from mcl.train import run
+from mcl.train import build, run
 from tests.conftest import MICRO, compose_cfg
 from tests.test_collate import TEXT, VISION
 from tests.test_data import _gen
@@ -206,6 +206,50 @@ def test_smolora_end_to_end_routers_bit_identical_across_tasks(tmp_path, if_rout
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["task_id_at_test"] is (if_route == "oracle_type")
     assert res["unseen_matrix"][-1][0] is not None  # the unseen task is scored
+
+
+def test_oracle_routing_at_evaluation_uses_the_evaluated_tasks_row(tmp_path):
+    """Issue 26.7: under ``oracle_type`` the runner tells the method the task it evaluates and
+    every layer's IF router reads that task's row of the type table -- at every forward of
+    its evaluation, prefill and decode steps, seen and unseen tasks alike."""
+    over = [*MICRO, "method=smolora", "method.r=8", "method.experts=4", "method.n_vu=2"]
+    over += ["method.if_route=oracle_type", "method.encoder=lm", "method.type_samples=16"]
+    runner = build(compose_cfg(tmp_path, over), tmp_path / "run")
+    m = runner.method
+    assert m.task_id_at_test
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def record(layer, args, out):
+        seen.append((layer.if_input.detach().clone(), layer.last_route[1].clone()))
+
+    hooks = [layer.register_forward_hook(record) for layer in m.layers()]
+    rows = {}
+    try:
+        for name in [*runner.bench.task_names, *runner.bench.unseen_names]:
+            seen.clear()
+            runner.evaluate_task(name, 0)
+            rows[name] = m.type_embedding(name)
+            # the row, computed here: the task's recorded instructions, whole, embedded, averaged
+            # (its training samples; an unseen task's test samples)
+            trained = runner.bench.task_names
+            samples = (
+                runner.dm.sample_task(trained.index(name), m.type_samples)
+                if name in trained
+                else runner.dm.test_samples(name)[: m.type_samples]
+            )
+            texts = [route_text(x["question"], x["meta"]["instruction"], True) for x in samples]
+            assert torch.allclose(rows[name], m.encoder.text(texts).mean(0).to(rows[name]))
+            assert len(seen) > len(m.layers())  # prefill and decode steps, every layer
+            for emb, if_route in seen:
+                assert torch.allclose(emb, rows[name].expand_as(emb).to(emb))
+                assert (if_route >= m.n_vu).all()
+    finally:
+        for h in hooks:
+            h.remove()
+    names = list(rows)
+    assert all(
+        not torch.allclose(rows[a], rows[b]) for i, a in enumerate(names) for b in names[i + 1 :]
+    )  # one row per task: the evaluated task decides which
 
 
 def test_if_experts_match_the_forward_routes_and_overlap_is_reported(bench):
