@@ -85,6 +85,14 @@ def _sweep_name() -> str | None:
     return Path(HydraConfig.get().sweep.dir).name
 
 
+def _named_on_command_line(group: str) -> bool:
+    """Whether the command line chose an option of ``group`` (False outside a Hydra app)."""
+    if not HydraConfig.initialized():
+        return False
+    task = HydraConfig.get().overrides.task
+    return any(o.lstrip("+~").split("=")[0].split("@")[0] == group for o in task)
+
+
 def _wandb_key() -> bool:
     return bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").exists()
 
@@ -147,6 +155,8 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
     quiet_libraries()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     bench = prepare(cfg.bench, cfg.paths.data_dir, progress=cfg.progress)
+    if cfg.bench.get("model_note") and not _named_on_command_line("model"):
+        print(f"[mcl] bench={cfg.bench.name}: {cfg.bench.model_note}")
     scorer_mode = _container(cfg.bench.get("scorer_mode", "strict"))
     presets = _container(cfg.bench.get("scorer_presets")) or {}
     try:  # fail on a bad scorer mode before the model is built

