@@ -157,12 +157,17 @@ def test_corrupt_sample_in_a_shard_is_skipped_and_counted(tmp_path, bench_dir):
     out = tmp_path / "t"
     corrupt_copy(bench_dir, out)
     mllm = build_tiny(TEXT, VISION)
-    dm = ContinualDataModule(Benchmark(out), mllm.collator, batch_size=8)
+    dm = ContinualDataModule(Benchmark(out), mllm.collator, batch_size=8, max_bad_share=0.05)
     dm.set_task(0)
-    batches = list(dm.train_dataloader())
+    loader = dm.train_dataloader()
+    batches = list(loader)
     # an epoch is 40 records; the corrupt one is counted, never trained on
     assert sum(int(b["n_skipped"]) for b in batches) == 1
     assert sum(b["input_ids"].shape[0] for b in batches) == 39
+    # a second epoch draws it again: still one unreadable sample, not two (issue 27, item 8)
+    assert sum(int(b["n_skipped"]) for b in loader) == 1
+    assert dm.skipped["color"]["train"] == 1
+    assert dm.skipped["color"]["causes"] == {"train": {"undecodable_image": 1}}
 
 
 def test_missing_shards_and_tasks_give_clear_errors(tmp_path, bench_dir):

@@ -5,10 +5,15 @@ shuffled with seeds derived from (seed, task, epoch, worker) — deterministic, 
 epoch — and ``with_epoch`` so an epoch has a known length. Evaluation reads a task's test shards
 whole, in order, in one process, so every test sample counts exactly once.
 
-Corrupt samples are skipped and counted: the decoder turns them into marker records, the collator
-drops them and reports the count in the batch (a counter inside a worker would never reach us);
-test sets skip and count them when read. Above ``max_bad_share`` of a task's samples the run stops
-with a :class:`DataError` naming a bad shard.
+Data faults are skipped and counted, per task and split, as *distinct samples* (``skipped``, which
+results.json records): before a task streams, every shard's tar headers are scanned
+(:func:`~mcl.data.shards.scan_shard`), so a truncated, broken-off, empty or non-tar shard counts
+the samples it loses against ``bench.json``'s count; a sample that does not decode (bad JSON, an
+undecodable image, a malformed payload) becomes a marker record that the collator drops, and the
+training loader counts it, once, in the main process (a counter inside a worker would never reach
+us); test sets count both when read. Above ``max_bad_share`` of a task's samples the run stops with
+a one-line :class:`DataError` naming a bad shard, and so does a task with no readable sample or an
+epoch that yields none: the training stream never loops without progress.
 
 A method may train on a *mixture* of tasks (``set_task(t, mix={task: share})``): joint training,
 replay. A share of 1 streams the whole task from its own pipeline; a smaller share is a buffer of
@@ -22,7 +27,9 @@ from __future__ import annotations
 import math
 import random
 import zlib
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -30,7 +37,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
 from mcl.data.bench import Benchmark
-from mcl.data.shards import BadSample, decode_sample, read_shards
+from mcl.data.shards import BadSample, decode_sample, read_shards, scan_shard, tar_error_text
 
 
 class _EpochShuffle:
@@ -86,17 +93,74 @@ class DataError(RuntimeError):
 def _decode_or_mark(raw):
     # webdataset's map drops None results, so a corrupt sample travels as a marker record that
     # the collator counts (a counter in a worker process would never reach the trainer)
+    url = str(raw.get("__url__", "?"))
     try:
-        return decode_sample(raw)
+        sample = decode_sample(raw)
     except BadSample as e:
-        return {"corrupt": str(e), "shard": str(raw.get("__url__", "?"))}
+        return {"corrupt": str(e), "shard": url, "key": str(raw.get("__key__", "?")),
+                "cause": e.cause}  # fmt: skip
+    sample["shard"] = url  # which task's stream drew it (a mixture counts per task)
+    return sample
+
+
+_TOLD: set[str] = set()  # tar errors already printed by this process
 
 
 def _skip_tar_errors(exn) -> bool:
-    # a truncated or unreadable tar: the rest of that shard is lost, keep streaming; the
-    # epoch's missing samples show up as a short task (logged), the warning names the shard
-    print(f"[mcl] skipped unreadable shard data: {exn}")
+    # a truncated or unreadable tar: the rest of that shard is lost, keep streaming. The scan
+    # before streaming counted what it loses; say so once per shard, not once per epoch
+    text = tar_error_text(exn)
+    where = text.split(": ")[0]
+    if where not in _TOLD:
+        _TOLD.add(where)
+        print(f"[mcl] unreadable shard data, skipped (counted in results.json): {text}")
     return True
+
+
+FAULTS = "_mcl_faults"  # the batch key carrying a batch's draws and bad samples to the loader
+
+
+class _FaultCollate:
+    """The collator's ``train_batch``, plus what the data module counts: the streamed samples
+    drawn per shard and each undecodable one (``(shard, key, cause, reason)``). Runs in the
+    worker; :class:`_TrainLoader` takes the record out of the batch in the main process."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, samples):
+        batch = self.fn(samples)
+        drawn = Counter(s["shard"] for s in samples if s and "shard" in s)
+        bad = [
+            (s["shard"], s.get("key", "?"), s.get("cause", "bad_record"), s["corrupt"])
+            for s in samples
+            if s and "corrupt" in s
+        ]
+        batch[FAULTS] = (dict(drawn), bad)
+        return batch
+
+
+class _TrainLoader(DataLoader):
+    """The training DataLoader. In the main process it takes each batch's fault record out,
+    has the data module count distinct bad samples per task (stopping the run above
+    ``max_bad_share``), and stops a pass that yields no readable sample at all instead of
+    letting the trainer start empty epochs forever."""
+
+    def __init__(self, *args, datamodule=None, tasks=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.datamodule, self.tasks = datamodule, list(tasks)
+
+    def __iter__(self):
+        good = batches = 0
+        for batch in super().__iter__():
+            record = batch.pop(FAULTS, None)
+            if record is not None and self.datamodule is not None:
+                self.datamodule._note_train(*record)
+            good += len(batch.get("input_ids", ()))
+            batches += 1
+            yield batch
+        if not good and self.datamodule is not None:
+            self.datamodule._no_progress(self.tasks, batches)
 
 
 @dataclass(frozen=True)
@@ -163,8 +227,17 @@ class ContinualDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.max_bad_share = max_bad_share
-        # per task: {"train": n, "test": n, "examples": [...]} of skipped (unreadable) samples
-        self.skipped: dict[str, dict] = {}
+        # data faults (see ``skipped``): distinct undecodable samples per (task, split), samples
+        # lost in damaged shards per (task, split) and shard, training draws per task
+        self._bad: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
+        self._lost: dict[tuple[str, str], dict[str, tuple[int, str, str]]] = {}
+        self._draws: Counter = Counter()
+        self._examples: dict[str, list[str]] = {}
+        self._added: Counter = Counter()  # count_skipped() from outside the loaders
+        self._restored: dict[str, dict] = {}  # ``skipped`` as a checkpoint saved it
+        self._scans: dict[tuple[str, int, int], object] = {}
+        self._url_task: dict[str, str] = {}
+        self._loader_counts = False
         self.mix: dict[int, Share] | None = None
         self._buffers: dict[tuple[int, Share], list[dict]] = {}
         self.bench, self.collator = bench, collator
@@ -206,8 +279,15 @@ class ContinualDataModule(L.LightningDataModule):
         chosen = set(rng.sample(range(n), self.part_size(j, part)))
         bad: list[str] = []
         samples = read_shards(self.train_urls(j), bad=bad, indices=chosen)
+        name = self.bench.tasks[j]["name"]
+        for f in bad:
+            if getattr(f, "sample", None):
+                self._record_bad(name, "train", f.sample, f.cause, str(f))
         if not samples:
-            raise DataError(f"no readable training sample drawn from task {j}: {bad[:1]}")
+            raise DataError(
+                f"task '{name}' (train): no readable sample among the {len(chosen)} drawn for "
+                f"its buffer, e.g. {bad[0] if bad else '?'}; regenerate or re-convert its shards"
+            )
         if keep:
             self._buffers[key] = samples
         return samples
@@ -217,28 +297,186 @@ class ContinualDataModule(L.LightningDataModule):
         total = self.bench.tasks[j]["train"]["samples"]
         return self.buffer(j, Share(min(1.0, n / total), seed), keep=False)
 
-    def count_skipped(self, task: str, split: str, n: int, example: str | None = None) -> None:
-        entry = self.skipped.setdefault(task, {"train": 0, "test": 0, "examples": []})
-        entry[split] += n
-        if example and len(entry["examples"]) < 3:
-            entry["examples"].append(example)
+    # ------------------------------------------------------------------ data faults
+    @property
+    def skipped(self) -> dict[str, dict]:
+        """Per task with a data fault: ``{"train": n, "test": n, "examples": [...], "causes":
+        {split: {cause: n}}, "damaged_shards": [...]}``. ``n`` counts distinct unreadable
+        samples (each once, however many epochs draw it): those lost in damaged shards and those
+        that do not decode; ``causes`` splits them by :data:`~mcl.data.shards.CAUSES`. Setting it
+        (a checkpoint's counts on resume) keeps those numbers as a floor, never adding twice."""
+        names = [t for t, _ in [*self._bad, *self._lost, *self._added]] + list(self._restored)
+        out = {}
+        for task in dict.fromkeys(names):
+            old = self._restored.get(task) or {}
+            entry = {"train": 0, "test": 0, "examples": [], "causes": {}, "damaged_shards": []}
+            shards = list(old.get("damaged_shards") or [])
+            for split in ("train", "test"):
+                causes = Counter(self._bad.get((task, split), {}).values())
+                for n, cause, desc in self._lost.get((task, split), {}).values():
+                    causes[cause] += n
+                    shards.append(desc)
+                causes["other"] += self._added[(task, split)]
+                for cause, n in ((old.get("causes") or {}).get(split) or {}).items():
+                    causes[cause] = max(causes[cause], int(n))
+                causes = {c: n for c, n in sorted(causes.items()) if n}
+                entry[split] = max(sum(causes.values()), int(old.get(split) or 0))
+                if causes:
+                    entry["causes"][split] = causes
+            examples = [*(old.get("examples") or []), *self._examples.get(task, [])]
+            entry["examples"] = list(dict.fromkeys(examples))[:3]
+            entry["damaged_shards"] = list(dict.fromkeys(shards))
+            if entry["train"] or entry["test"] or entry["damaged_shards"]:
+                out[task] = entry
+        return out
 
-    def check_bad_share(self, task: str, split: str, seen: int) -> None:
-        """Stop the run when more than ``max_bad_share`` of a task's samples were unreadable."""
-        entry = self.skipped.get(task)
-        if not entry or not entry[split]:
+    @skipped.setter
+    def skipped(self, value: dict) -> None:
+        self._restored = {t: dict(e) for t, e in (value or {}).items() if isinstance(e, dict)}
+
+    def count_skipped(self, task: str, split: str, n: int, example: str | None = None) -> None:
+        """Add ``n`` unreadable samples a caller met outside the data module's own readers. The
+        training loader counts distinct samples itself, so calls for ``train`` are ignored once
+        it runs (a per-batch count would count a bad sample again every epoch)."""
+        if split == "train" and self._loader_counts:
             return
-        share = entry[split] / max(1, seen + entry[split])
+        self._added[(task, split)] += n
+        if example:
+            self._example(task, example)
+
+    def _example(self, task: str, text: str) -> None:
+        examples = self._examples.setdefault(task, [])
+        if len(examples) < 3 and text not in examples:
+            examples.append(text)
+
+    def _record_bad(self, task: str, split: str, sample: tuple, cause: str, text: str) -> None:
+        seen = self._bad.setdefault((task, split), {})
+        if sample in seen:
+            return
+        if not seen:
+            print(f"[mcl] {task} ({split}): skipping unreadable samples (counted), e.g. {text}")
+        seen[sample] = cause
+        self._example(task, text)
+
+    def _declared(self, task: str, split: str) -> int | None:
+        """The split's sample count in bench.json (None when it does not say)."""
+        n = (self.bench.task(task).get(split) or {}).get("samples")
+        return int(n) if isinstance(n, int) and n > 0 else None
+
+    def _scan(self, task: str, split: str) -> int:
+        """Scan a split's shards (tar headers only, cached per file version) and record what
+        damaged ones lose against bench.json's count; returns the readable samples found."""
+        paths = self.bench.shard_paths(self.bench.task(task), split)
+        found, scans = 0, []
+        for path in paths:
+            st = path.stat()
+            key = (str(path), st.st_size, st.st_mtime_ns)
+            if key not in self._scans:
+                self._scans[key] = scan_shard(path)
+            scans.append((path, self._scans[key]))
+            found += self._scans[key].samples
+        declared = self._declared(task, split) or found
+        lost = max(0, declared - found)
+        nominal = max([sc.samples for _, sc in scans if not sc.problem] or [1])
+        record: dict[str, tuple[int, str, str]] = {}
+        damaged = [(p, sc) for p, sc in scans if sc.problem]
+        # unreadable shards lose about a sound shard's worth each, cut ones the rest
+        damaged.sort(key=lambda ps: ps[1].cause != "unreadable_shard")
+        left = lost
+        for i, (path, sc) in enumerate(damaged):
+            last = i == len(damaged) - 1
+            n = left if last else min(left, nominal if sc.cause == "unreadable_shard" else 0)
+            if sc.cause == "truncated_shard" and not last:
+                n = 0  # several cut shards: the loss is told once, on the last of them
+            left -= n
+            record[str(path)] = (n, sc.cause, f"{path}: {sc.problem} ({n} sample(s) lost)")
+        if left > 0:  # no damage seen, yet fewer samples than bench.json says
+            where = f"{task}/{split}"
+            desc = f"{where}: bench.json says {declared} samples, the shards hold {found}"
+            record[where] = (left, "missing_samples", desc)
+        if record != self._lost.get((task, split), {}):
+            for n, _, desc in record.values():
+                print(f"[mcl] {task} ({split}): damaged data, skipped and counted: {desc}")
+                self._example(task, desc)
+        self._lost[(task, split)] = record
+        return declared - lost
+
+    def check_bad_share(self, task: str, split: str, seen: int = 0) -> None:
+        """Stop the run when more than ``max_bad_share`` of a task's samples are unreadable:
+        those damaged shards lose (known exactly from the scan) plus the undecodable share of
+        the samples read so far (``seen``: readable samples read; for training the loader's own
+        draw count is used)."""
+        lost = sum(n for n, _, _ in self._lost.get((task, split), {}).values())
+        bad = len(self._bad.get((task, split), {})) + self._added[(task, split)]
+        if not (lost or bad):
+            return
+        declared = self._declared(task, split)
+        drawn = self._draws[task] if split == "train" and self._draws[task] else seen + bad
+        if declared:
+            readable = max(0, declared - lost)
+            part = min(readable, drawn) if readable else drawn
+            share = (lost + min(1.0, bad / max(1, part)) * readable) / declared
+            total = f"of its {declared}"
+        else:
+            share, total = (lost + bad) / max(1, lost + drawn), f"of {lost + drawn} read"
         if share > self.max_bad_share:
-            where = entry["examples"][0] if entry["examples"] else "?"
+            self._too_many(task, split, lost + bad, f"{share:.1%} {total}")
+
+    def _too_many(self, task: str, split: str, n: int, share: str) -> None:
+        where = (self._examples.get(task) or ["?"])[0]
+        raise DataError(
+            f"task '{task}' ({split}): {n} unreadable samples so far ({share} > "
+            f"data.max_bad_share={self.max_bad_share}), e.g. {where}; regenerate or re-convert "
+            "that shard, or raise data.max_bad_share"
+        )
+
+    def _check_readable(self, task: str, split: str) -> None:
+        """Scan a split and stop at once when none of it can be read, or too much is lost."""
+        if self._scan(task, split) <= 0:
+            where = (self._examples.get(task) or ["?"])[0]
             raise DataError(
-                f"task '{task}' ({split}): {entry[split]} of {seen + entry[split]} samples "
-                f"unreadable ({share:.1%} > data.max_bad_share={self.max_bad_share}), e.g. "
-                f"{where}; regenerate or re-convert that shard, or raise data.max_bad_share"
+                f"task '{task}' ({split}) has no readable sample: {where}; regenerate or "
+                "re-convert its shards (or fix the shard list in bench.json)"
             )
+        lost = sum(n for n, _, _ in self._lost.get((task, split), {}).values())
+        declared = self._declared(task, split)
+        if declared and lost / declared > self.max_bad_share:
+            self._too_many(task, split, lost, f"{lost / declared:.1%} of its {declared}")
+
+    def _note_train(self, drawn: dict[str, int], bad: list[tuple]) -> None:
+        """One training batch's fault record (main process): count draws and distinct bad
+        samples per task; check the share once 100 samples (or a whole task) were drawn."""
+        self._loader_counts = True
+        current = self.bench.task_names[self.task] if self.task is not None else "?"
+        touched = set()
+        for url, n in drawn.items():
+            task = self._url_task.get(url, current)
+            self._draws[task] += n
+            touched.add(task)
+        for url, key, cause, text in bad:
+            task = self._url_task.get(url, current)
+            self._record_bad(task, "train", (url, key), cause, f"{url}: {text}")
+        for task in touched:
+            readable = (self._declared(task, "train") or 100) - sum(
+                n for n, _, _ in self._lost.get((task, "train"), {}).values()
+            )
+            if self._draws[task] >= min(100, max(1, readable)):
+                self.check_bad_share(task, "train")
+
+    def _no_progress(self, tasks: list[str], batches: int) -> None:
+        """A whole pass of the training stream gave no readable sample: stop (the trainer would
+        otherwise start empty epochs for ever)."""
+        where = next((e for t in tasks for e in self._examples.get(t, [])), "?")
+        raise DataError(
+            f"task(s) {', '.join(tasks)}: a whole pass over the training shards gave no readable "
+            f"sample ({batches} batch(es), all unreadable), e.g. {where}; regenerate or "
+            "re-convert the data"
+        )
 
     def train_urls(self, t: int) -> list[str]:
-        return [str(p) for p in self.bench.shard_paths(self.bench.tasks[t], "train")]
+        urls = [str(p) for p in self.bench.shard_paths(self.bench.tasks[t], "train")]
+        self._url_task.update(dict.fromkeys(urls, self.bench.tasks[t]["name"]))
+        return urls
 
     def _stream(self, urls: list[str], seed: int, epoch: int = 0, skip: int = 0, split=True):
         return wds.DataPipeline(
@@ -259,6 +497,9 @@ class ContinualDataModule(L.LightningDataModule):
         if self.task is None:
             raise RuntimeError("call set_task(t) before training")
         mix = self.mix or {self.task: Share()}
+        streamed = [self.bench.tasks[j]["name"] for j, part in mix.items() if part.share >= 1]
+        for name in streamed:  # damaged shards counted, hopeless data stopped, before streaming
+            self._check_readable(name, "train")
         distributed = split and torch.distributed.is_initialized()
         world = torch.distributed.get_world_size() if distributed else 1
         # every worker needs at least one shard of every stream (webdataset dies on an empty one)
@@ -290,12 +531,14 @@ class ContinualDataModule(L.LightningDataModule):
                 for j, part in mix.items()
             ]
             pipeline = wds.DataPipeline(_Mix(streams, sizes, seed)).with_epoch(per_worker)
-        return DataLoader(
+        return _TrainLoader(
             pipeline,
             batch_size=self.batch_size,
             num_workers=workers,
-            collate_fn=self.collator.train_batch,
+            collate_fn=_FaultCollate(self.collator.train_batch),
             persistent_workers=workers > 0,
+            datamodule=self,
+            tasks=streamed or [self.bench.task_names[self.task]],
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -305,10 +548,17 @@ class ContinualDataModule(L.LightningDataModule):
             spec = self.bench.task(task_name)
             bad: list[str] = []
             good = read_shards(self.bench.shard_paths(spec, "test"), bad=bad)
-            if bad:
-                self.count_skipped(task_name, "test", len(bad), bad[0])
-                print(f"[mcl] {task_name}: skipped {len(bad)} unreadable test sample(s): {bad[0]}")
-                self.check_bad_share(task_name, "test", len(good))
+            self._bad.pop((task_name, "test"), None)  # a re-read recounts, never adds twice
+            for f in bad:
+                if getattr(f, "sample", None):
+                    self._record_bad(task_name, "test", f.sample, f.cause, str(f))
+            self._check_readable(task_name, "test")
+            self.check_bad_share(task_name, "test", len(good))
+            if not good:
+                raise DataError(
+                    f"task '{task_name}' (test): no readable sample, e.g. "
+                    f"{(self._examples.get(task_name) or ['?'])[0]}; regenerate or re-convert it"
+                )
             self._test_cache[task_name] = good
         return self._test_cache[task_name]
 

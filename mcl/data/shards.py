@@ -24,21 +24,60 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import tarfile
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
 from PIL import Image
+from webdataset.tariterators import base_plus_ext
 
 from mcl.data.world_av import MODALITIES, RGBD, SAMPLE_RATE, as_image, infer_modality
 
+_META = r"__[^/]*__($|/)"  # members webdataset's tar reader skips
 FIXED_MTIME = 1_700_000_000  # reproducible tar headers (an int: a float mtime costs every
 # member a pax header, which doubles the readers' header parsing)
 
 
+# why a sample was not read, as results.json's ``skipped[task]["causes"]`` counts them
+CAUSES = {
+    "unreadable_shard": "in a shard that is not a readable tar (empty, garbage, unreadable file)",
+    "truncated_shard": "lost where a shard's tar ends early or breaks off",
+    "bad_record": "its json is missing, not JSON or lacks the conversation",
+    "undecodable_image": "its image (png/jpg) does not decode",
+    "missing_payload": "its modality's payload member is absent",
+    "bad_payload": "its payload (npy/wav/...) is malformed",
+}
+
+
 class BadSample(ValueError):
-    """A sample that cannot be decoded; the loaders skip and count these."""
+    """A sample that cannot be decoded; the loaders skip and count these. ``cause`` is one of
+    :data:`CAUSES`."""
+
+    def __init__(self, message: str, cause: str = "bad_record"):
+        super().__init__(message)
+        self.cause = cause
+
+
+class _ImageError(ValueError):
+    """An image member that PIL cannot decode (whatever PIL raised: OSError, SyntaxError...)."""
+
+
+class Fault(str):
+    """One entry of :func:`read_shards`' ``bad`` list: the text (shard and reason) plus
+    ``cause`` (:data:`CAUSES`, or ``"tar_error"``) and ``sample`` (``(shard, key)``, or None for a
+    tar error, which is not a sample)."""
+
+    cause: str
+    sample: tuple[str, str] | None
+
+    def __new__(cls, text: str, cause: str, sample: tuple[str, str] | None = None):
+        self = super().__new__(cls, " ".join(str(text).split()))  # one line
+        self.cause, self.sample = cause, sample
+        return self
 
 
 def encode_image(img: Image.Image) -> bytes:
@@ -133,9 +172,14 @@ def write_shards(pattern: str, records, shard_size: int) -> list[str]:
 
 
 def _png(data: bytes, mode: str) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img.convert(mode)
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img.convert(mode)
+    except MemoryError:
+        raise
+    except Exception as e:  # PIL raises SyntaxError, OSError, zlib.error, struct.error...
+        raise _ImageError(f"undecodable image: {type(e).__name__}: {e}") from e
 
 
 def _npy(data: bytes) -> np.ndarray:
@@ -205,19 +249,27 @@ def decode_sample(raw: dict) -> dict:
     reason, never a bare decoder error.
     """
     key = raw.get("__key__", "?")
+    cause = "bad_record"
     try:
         rec = json.loads(raw["json"])
         conv = rec["conversations"]
         question = conv[0]["value"].replace("<image>", "").strip()
         answer = conv[1]["value"]
+        if not isinstance(question, str) or not isinstance(answer, str):
+            raise TypeError("question and answer must be strings")
         modality = rec.get("modality") or "image"
+        cause = "bad_payload"
         payload, extra = _decode_payload(raw, modality)
         image = as_image(modality, payload)
-    except (
-        KeyError, IndexError, TypeError, ValueError, AttributeError, OSError, EOFError,
-        wave.Error, np.linalg.LinAlgError,
-    ) as e:  # fmt: skip
-        raise BadSample(f"sample {key}: {type(e).__name__}: {e}") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # whatever a corrupt member makes a decoder raise: skipped, counted
+        if isinstance(e, _ImageError):
+            cause = "undecodable_image"
+        elif isinstance(e, KeyError) and cause == "bad_payload":
+            cause = "missing_payload"
+        text = str(e) if isinstance(e, _ImageError) else f"{type(e).__name__}: {e}"
+        raise BadSample(f"sample {key}: " + " ".join(text.split()), cause) from e
     return {
         "key": key,
         "task": rec.get("task"),
@@ -233,18 +285,31 @@ def decode_sample(raw: dict) -> dict:
     }
 
 
+def tar_error_text(exn: BaseException) -> str:
+    """One line for a tar-level error webdataset handed to a handler: the shard, the error."""
+    args = getattr(exn, "args", ()) or ()
+    url = next((a for a in reversed(args[1:]) if isinstance(a, str)), None)
+    msg, _, where = str(args[0]).partition(" @ ") if args else ("", "", "")
+    named = re.search(r"name='([^']*)'", where)  # the tar reader appends its file object
+    url = url or (named.group(1) if named else None)
+    text = f"{type(exn).__name__}: {msg}" if msg else type(exn).__name__
+    return " ".join((f"{url}: {text}" if url else text).split())
+
+
 def read_shards(
     paths: list[str | Path], bad: list[str] | None = None, indices: set[int] | None = None
 ) -> list[dict]:
     """Every sample of the given shards, in order, decoded (for evaluation: each counted once).
 
     With ``bad`` (a list), unreadable samples and tar errors are skipped and described there
-    (naming the shard) instead of raising. With ``indices``, only the samples at those positions
-    (0-based, in shard order) are decoded and returned — a replay buffer without decoding the rest.
+    (naming the shard) instead of raising; each entry is a :class:`Fault` (its ``sample`` is None
+    for a tar error, which loses an unknown number of samples: compare with :func:`scan_shard`).
+    With ``indices``, only the samples at those positions (0-based, in shard order) are decoded
+    and returned — a replay buffer without decoding the rest.
     """
 
     def on_tar_error(exn) -> bool:
-        bad.append(f"{type(exn).__name__}: {exn}")
+        bad.append(Fault(tar_error_text(exn), "tar_error"))
         return True
 
     urls = [str(p) for p in paths]
@@ -259,5 +324,68 @@ def read_shards(
         except BadSample as e:
             if bad is None:
                 raise
-            bad.append(f"{raw.get('__url__', '?')}: {e}")
+            url = str(raw.get("__url__", "?"))
+            bad.append(Fault(f"{url}: {e}", e.cause, (url, str(raw.get("__key__", "?")))))
     return out
+
+
+@dataclass(frozen=True)
+class ShardScan:
+    """What a shard's tar headers say (:func:`scan_shard`): ``samples`` the tar readers will
+    yield (those with at least one complete member), and ``problem`` (None for a sound shard)
+    with its ``cause`` (``truncated_shard`` or ``unreadable_shard``)."""
+
+    samples: int
+    problem: str | None = None
+    cause: str | None = None
+
+
+def _zeros_to_end(f, offset: int) -> bool:
+    f.seek(offset)
+    while chunk := f.read(1 << 16):
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
+
+
+def scan_shard(path: str | Path) -> ShardScan:
+    """Check a shard from its tar headers alone (member data is skipped, not read): how many
+    samples it yields and whether it is cut short, broken off by a damaged header, or no tar at
+    all. Python's and webdataset's tar readers stop silently at a damaged header or a cut at a
+    member boundary; this is how the loaders count what such a shard loses."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with tarfile.open(path, "r:") as tf:
+            n, last, problem = 0, None, None
+            while True:
+                try:
+                    m = tf.next()
+                except (tarfile.TarError, OSError, EOFError) as e:
+                    problem = f"cut short after {n} sample(s) ({type(e).__name__}: {e})"
+                    break
+                if m is None:
+                    break
+                if not m.isreg() or re.match(_META, m.name):
+                    continue
+                prefix, _ = base_plus_ext(m.name)
+                if prefix is None:
+                    continue
+                if m.offset_data + m.size > size:
+                    problem = f"cut short inside {m.name} (after {n} complete sample(s))"
+                    break
+                if prefix != last:
+                    n, last = n + 1, prefix
+            end = tf.offset
+            if problem is None:
+                if size - end < 1024:  # writers end a tar with two zero blocks
+                    problem = f"cut short after {n} sample(s) (no end-of-archive blocks)"
+                elif not _zeros_to_end(tf.fileobj, end):
+                    problem = f"a damaged tar header at byte {end} ends it after {n} sample(s)"
+    except (tarfile.TarError, OSError, EOFError) as e:
+        return ShardScan(0, f"not a readable tar ({type(e).__name__}: {e})", "unreadable_shard")
+    if problem:
+        return ShardScan(n, problem, "truncated_shard")
+    if n == 0:
+        return ShardScan(0, "holds no sample", "unreadable_shard")
+    return ShardScan(n)
