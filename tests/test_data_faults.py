@@ -159,7 +159,7 @@ def test_a_truncated_test_shard_counts_every_lost_sample(bench, collator):
         dm_of(bench, collator).test_samples("color")
 
 
-# -------------------------------------------------------------------- item 7: loops without progress
+# ----------------------------------------------------------------- item 7: loops without progress
 @pytest.mark.parametrize("damage", ["empty", "text", "zeros"])
 def test_a_task_whose_every_training_shard_is_unreadable_stops_at_once(bench, collator, damage):
     for p in (bench / "color").glob("train-*.tar"):
@@ -278,3 +278,17 @@ def test_read_shards_describes_each_fault_in_one_line(bench):
     assert len(good) == 5 and bad
     assert all("\n" not in b and b.cause in {*CAUSES, "tar_error"} for b in bad)
     assert any(b.sample for b in bad) and any(b.cause == "tar_error" for b in bad)
+
+
+def test_shards_holding_fewer_samples_than_bench_json_says_are_counted(bench, collator):
+    spec = json.loads((bench / "bench.json").read_text())
+    spec["tasks"][0]["train"]["samples"] = 44  # 40 in the shards, none of them damaged
+    (bench / "bench.json").write_text(json.dumps(spec))
+    dm = dm_of(bench, collator)
+    dm.set_task(0)
+    with pytest.raises(DataError, match=r"4 unreadable samples.*bench.json says 44"):
+        dm.train_dataloader()
+    dm = dm_of(bench, collator, max_bad_share=0.2)
+    dm.set_task(0)
+    dm.train_dataloader()
+    assert dm.skipped["color"]["causes"] == {"train": {"missing_samples": 4}}

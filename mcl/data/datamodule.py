@@ -29,7 +29,6 @@ import random
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -395,7 +394,7 @@ class ContinualDataModule(L.LightningDataModule):
             desc = f"{where}: bench.json says {declared} samples, the shards hold {found}"
             record[where] = (left, "missing_samples", desc)
         if record != self._lost.get((task, split), {}):
-            for n, _, desc in record.values():
+            for _, _, desc in record.values():
                 print(f"[mcl] {task} ({split}): damaged data, skipped and counted: {desc}")
                 self._example(task, desc)
         self._lost[(task, split)] = record

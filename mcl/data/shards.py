@@ -50,6 +50,8 @@ CAUSES = {
     "undecodable_image": "its image (png/jpg) does not decode",
     "missing_payload": "its modality's payload member is absent",
     "bad_payload": "its payload (npy/wav/...) is malformed",
+    "missing_samples": "the shards hold fewer samples than bench.json says, with no damage seen",
+    "other": "counted by a caller outside the data module's readers",
 }
 
 
