@@ -2,7 +2,7 @@
 
     python -m mcl.report logs/synth                       # every run below a directory
     python -m mcl.report logs/multirun/2026-11-27_10-00-00 logs/synth/joint/s0/<timestamp>
-    python -m mcl.report logs --sort maa --order zero_shot,seq_lora,joint --out report/
+    python -m mcl.report logs --sort maa --order zero_shot,seq_lora,joint --out my_report/
 
 Each `results.json` below an argument is one run. Runs are grouped by (bench, method); runs of
 one bench that differ in data source or task list go to separate groups and tables (the method
@@ -11,10 +11,12 @@ skipped unless --include-incomplete; when a (bench, method, seed) appears twice 
 is kept. Runs of one group whose configs differ (e.g. a learning-rate sweep) are averaged with
 a warning naming the differing keys.
 
-The table goes to stdout (warnings to stderr); --out (default ./report) receives report.md,
-report.csv (one row per group), matrices.png (mean accuracy matrix per group) and metrics.png
-(Last / MAA / BWT bars). Below each table, BWT task by task, with a note where one task (often a
-CIDEr-scored caption task) makes up most of it.
+The table goes to stdout (warnings to stderr); --out (default: a `report` folder in the directory
+given, or in the deepest directory holding all of them; never the current directory) receives
+report.md, report.csv (one row per group), matrices.png (mean accuracy matrix per group) and
+metrics.png (Last / MAA / BWT bars). Below each table, BWT task by task, with a note where one task
+(often a CIDEr-scored caption task) makes up most of it, and the data faults: every run's
+unreadable samples per task, as its results.json `skipped` counts them.
 From Python: `print(markdown_table(aggregate(collect(paths))))`.
 """
 
@@ -32,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mcl.eval.metrics import bwt_per_task
-from mcl.eval.report import METRIC_ROWS, draw_matrix
+from mcl.eval.report import METRIC_ROWS, add_colorbars, data_faults, draw_matrix, wide_max
 from mcl.utils.io import atomic_write_bytes, atomic_write_text
 
 # every scalar metric of results.json, plus the two run facts the table shows
@@ -317,6 +319,12 @@ def _group(runs: list[dict], split: Sequence[str] = ()) -> dict:
         "bwt_tasks": [summarize(col) for col in zip(*(bwt_per_task(r["matrix"]) for r in runs))],
         "unseen_matrix": mean_matrix([r["unseen_matrix"] for r in runs]) if unseen else [],
         "config_diff": diff,
+        # per run with unreadable data: (seed, one line per task) from results.json's skipped
+        "faults": [
+            (r["seed"], data_faults(r.get("skipped")))
+            for r in runs
+            if data_faults(r.get("skipped"))
+        ],
     }
 
 
@@ -529,6 +537,11 @@ def _section(groups: Sequence[dict], split: bool, bold: bool) -> str:
     if best:
         lines.append("Bold: best continual method per column (joint / zero_shot are bounds).")
     lines += _bwt_section(groups)
+    faulty = [(g, seed, faults) for g in groups for seed, faults in g.get("faults", [])]
+    if faulty:
+        lines += ["", "Data faults (unreadable samples each run skipped and counted):", ""]
+        for g, seed, faults in faulty:
+            lines.append(f"- {g['label']} seed {seed}: " + "; ".join(faults))
     lines += ["", "Runs:"]
     for g in groups:
         seeds = f"seed{'s' if g['n_seeds'] > 1 else ''} {', '.join(map(str, g['seeds']))}"
@@ -614,12 +627,21 @@ def plot_matrices(path: str | os.PathLike, groups: Sequence[dict]) -> None:
     FigureCanvasAgg(fig)
     axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
     with_bench = len({g["bench"] for g in groups}) > 1
+    top = wide_max([g["matrix"] for g in groups] + [g["unseen_matrix"] for g in groups])
+    drawn = []
     for ax, g in zip(axes, groups):
-        image = draw_matrix(ax, g["tasks"], g["matrix"], g["unseen_tasks"], g["unseen_matrix"], 8)
+        drawn.append(
+            draw_matrix(
+                ax, g["tasks"], g["matrix"], g["unseen_tasks"], g["unseen_matrix"], 8, top=top
+            )
+        )
         ax.set_title(_title(g, with_bench))
     for ax in axes[len(groups) :]:
         ax.set_axis_off()
-    fig.colorbar(image, ax=list(axes), label="score (mean over seeds)", shrink=0.8)
+    # one bar per scale, shared by every panel (the wide one from a panel that has it)
+    images = next((d for d in drawn if d.wide is not None), drawn[0])
+    images.wide_columns = sorted({c for d in drawn for c in d.wide_columns})
+    add_colorbars(fig, images, list(axes), label="score (mean over seeds)", shrink=0.8)
     fig.suptitle(f"Accuracy matrices, mean over seeds{_data_note(groups)}")
     atomic_write_bytes(path, _png(fig))
 
@@ -664,6 +686,16 @@ def write_outputs(out: str | os.PathLike, groups: Sequence[dict], markdown: str)
 # ----------------------------------------------------------------------------------------- CLI
 
 
+def default_out(paths: Sequence[str | os.PathLike]) -> Path:
+    """Where the report goes without --out: ``report/`` in the one directory given, or in the
+    deepest directory holding all of them (the first one's when they share only the root) --
+    beside the runs it describes, never the current directory."""
+    dirs = [Path(p).resolve() for p in paths]
+    dirs = [d if d.is_dir() else d.parent for d in dirs]
+    common = Path(os.path.commonpath(dirs))
+    return (dirs[0] if common == Path(common.anchor) else common) / "report"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mcl.report",
@@ -673,7 +705,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "paths", nargs="+", metavar="RUN_DIR", help="run, sweep or parent directories"
     )
-    parser.add_argument("--out", default="report", help="output directory (default: ./report)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: RUN_DIR/report for one RUN_DIR, else a report folder in "
+        "the deepest directory holding them all)",
+    )
     parser.add_argument(
         "--sort",
         default="last",
@@ -721,11 +758,12 @@ def main(argv: list[str] | None = None) -> int:
         groups = order_groups(groups, args.sort, order)
         markdown = markdown_table(groups)
         print(markdown, end="")
-        write_outputs(args.out, groups, markdown)
+        out = args.out or default_out(args.paths)
+        write_outputs(out, groups, markdown)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"wrote {', '.join(OUTPUTS)} to {args.out}", file=sys.stderr)
+    print(f"wrote {', '.join(OUTPUTS)} to {out}", file=sys.stderr)
     return 0
 
 

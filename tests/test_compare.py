@@ -205,8 +205,9 @@ def test_sort_and_order(tmp_path, capsys):
 def test_csv_and_markdown_files(tmp_path, monkeypatch):
     dirs = [make_run(tmp_path / "logs", seed=s) for s in range(3)]
     monkeypatch.chdir(tmp_path)
-    assert main(["logs"]) == 0  # default --out is ./report
-    with open(tmp_path / "report" / "report.csv", newline="") as f:
+    assert main(["logs"]) == 0  # default --out: logs/report, beside the runs (issue 27, item 11)
+    assert not (tmp_path / "report").exists()
+    with open(tmp_path / "logs" / "report" / "report.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0])[:6] == [
         "bench",
@@ -223,7 +224,7 @@ def test_csv_and_markdown_files(tmp_path, monkeypatch):
     assert row["format_compliance_mean"] == "" and row["n_seeds"] == "3"
     assert row["data_source"] == "synthetic" and row["seeds"] == "0;1;2"
     assert row["runs"].split(";") == [str(d.relative_to(tmp_path)) for d in dirs]
-    assert "| seq_lora | 3 |" in (tmp_path / "report" / "report.md").read_text()
+    assert "| seq_lora | 3 |" in (tmp_path / "logs" / "report" / "report.md").read_text()
 
 
 def test_figures_are_valid_pngs(tmp_path):

@@ -129,3 +129,81 @@ def test_disk_full_message(tmp_path, monkeypatch):
     assert "\n" not in message
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["matrix.csv"]
+
+
+# ------------------------------------------------------------------ issue 27, item 11
+CIDER_MATRIX = [  # a caption task scored CIDEr x100 next to accuracies
+    [10.0, 80.0],
+    [90.0, 578.0],
+    [60.0, 420.5],
+]
+
+
+def test_the_colour_scale_covers_cider_cells_above_100():
+    from mcl.eval.report import matrix_figure
+
+    fig = matrix_figure(["vqa", "caption"], CIDER_MATRIX, title="seq_lora on cvit")
+    bars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert len(bars) == 2  # 0-100 for accuracies, its own scale for the CIDEr column
+    tops = sorted(max(b.get_ylim()) for b in bars)
+    assert tops[0] == 100 and tops[1] >= 578
+    assert "caption" in bars[1].get_ylabel()
+    # accuracies alone: one bar, 0-100, as before
+    fig = matrix_figure(["a", "b"], [[1.0, 2.0], [50.0, 3.0], [40.0, 100.0]])
+    assert [max(a.get_ylim()) for a in fig.axes if a.get_label() == "<colorbar>"] == [100]
+
+
+def test_matrix_png_says_when_the_data_is_synthetic(tmp_path, monkeypatch):
+    from mcl.eval import report
+
+    fig = report.matrix_figure(TASKS, MATRIX, title="seq_lora on synth", data_source="synthetic")
+    assert "SYNTHETIC" in fig.axes[0].get_title()
+    fig = report.matrix_figure(TASKS, MATRIX, title="seq_lora on synth", data_source="real")
+    assert "SYNTHETIC" not in fig.axes[0].get_title()
+    # the runner's call names no source: the run's results.json beside the PNG says it
+    atomic_write_json(tmp_path / "results.json", {"data_source": "synthetic"})
+    seen = []
+    real = report.matrix_figure
+    monkeypatch.setattr(report, "matrix_figure", lambda *a: seen.append(a[-1]) or real(*a))
+    plot_matrix(tmp_path / "matrix.png", TASKS, MATRIX, title="seq_lora on synth")
+    assert seen == ["synthetic"] and (tmp_path / "matrix.png").stat().st_size > 1000
+
+
+def test_data_faults_are_worded_per_task_and_split():
+    from mcl.eval.report import data_faults
+
+    skipped = {
+        "color": {
+            "train": 7,
+            "test": 1,
+            "causes": {
+                "train": {"truncated_shard": 6, "undecodable_image": 1},
+                "test": {"bad_record": 1},
+            },
+        },  # fmt: skip
+        "count": {"train": 0, "test": 0, "examples": []},
+    }
+    lines = data_faults(skipped)
+    assert lines == [
+        "color: train 7 (truncated_shard 6, undecodable_image 1); test 1 (bad_record 1) "
+        "unreadable sample(s) skipped"
+    ]
+    assert data_faults(None) == [] and data_faults({"x": {"train": 3}}) == [
+        "x: train 3 unreadable sample(s) skipped"
+    ]
+
+
+def test_the_comparison_report_lists_each_runs_data_faults(tmp_path, capsys):
+    from mcl.report import main
+    from tests.test_compare import make_run
+
+    run = make_run(tmp_path / "logs", seed=0)
+    make_run(tmp_path / "logs", seed=1)
+    r = json.loads((run / "results.json").read_text())
+    r["skipped"] = {"count": {"train": 6, "test": 0, "causes": {"train": {"truncated_shard": 6}}}}
+    (run / "results.json").write_text(json.dumps(r))
+    assert main([str(tmp_path / "logs")]) == 0
+    md = (tmp_path / "logs" / "report" / "report.md").read_text()
+    assert "Data faults" in md
+    assert "- seq_lora seed 0: count: train 6 (truncated_shard 6) unreadable" in md
+    assert "seed 1:" not in md.split("Data faults")[1].split("Runs:")[0]

@@ -2,16 +2,21 @@
 
 All three take the same arguments (task names, the (T+1) x T matrix, optional unseen tasks and
 their (T+1) x U matrix) and show missing cells as missing, never as 0. Files are written
-atomically so an interrupted run never leaves a truncated report.
+atomically so an interrupted run never leaves a truncated report. The heat map gives columns that
+score above 100 (CIDEr x100) their own colour scale and says when the data is synthetic;
+:func:`data_faults` words results.json's count of unreadable samples.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from mcl.utils.io import atomic_write_bytes, atomic_write_text
 
@@ -112,6 +117,34 @@ def write_matrix_csv(
     atomic_write_text(path, buf.getvalue())
 
 
+# accuracies stop at 100; a column whose scores pass it (CIDEr x100 reaches 400-600) gets its own
+# colour scale and colour bar, so neither hides the other's differences
+SCALE = 100.0
+
+
+@dataclass
+class MatrixImages:
+    """What :func:`draw_matrix` drew: the 0-100 image and, when some columns score above 100
+    (CIDEr), the image of those columns on their own scale; :func:`add_colorbars` labels both."""
+
+    main: object
+    wide: object | None = None
+    wide_columns: list[str] = field(default_factory=list)
+
+
+def _nice_max(value: float) -> float:
+    """The colour scale's top for scores above 100: the next multiple of 50 (or 100)."""
+    step = 50 if value <= 300 else 100
+    return float(math.ceil(value / step) * step)
+
+
+def wide_max(matrices: Sequence[Matrix]) -> float | None:
+    """The shared top of the wide scale for several matrices (None if no cell passes 100)."""
+    values = [v for m in matrices for row in m for v in map(_value, row) if v is not None]
+    top = max(values, default=0.0)
+    return _nice_max(top) if top > SCALE else None
+
+
 def draw_matrix(
     ax,
     tasks: Sequence[str],
@@ -119,9 +152,13 @@ def draw_matrix(
     unseen_tasks: Sequence[str] | None = None,
     unseen_matrix: Matrix | None = None,
     fontsize: float | None = None,
-):
-    """Draw the annotated 0-100 heat map on a matplotlib Axes and return its image (for a colour
-    bar). Missing cells are grey and hatched, a thick line comes before the unseen columns."""
+    top: float | None = None,
+) -> MatrixImages:
+    """Draw the annotated heat map on a matplotlib Axes: scores 0-100 on one colour scale;
+    columns with a score above 100 (CIDEr x100) on a second scale up to ``top`` (default: their
+    maximum, rounded up), so a colour bar never stops below a cell it colours. Missing cells are
+    grey and hatched, a thick line comes before the unseen columns. Returns the images for
+    :func:`add_colorbars`."""
     import numpy as np
     from matplotlib.patches import Rectangle
 
@@ -129,8 +166,22 @@ def draw_matrix(
     data = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
     n_rows, n_cols = data.shape
     headers = list(tasks) + [f"*{u}" for u in names[len(tasks) :]]
-
-    image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    with np.errstate(invalid="ignore"):
+        wide = np.array([np.nanmax(data[:, j], initial=0.0) > SCALE for j in range(n_cols)])
+    top = top or (_nice_max(float(np.nanmax(data[:, wide]))) if wide.any() else None)
+    main_data = np.where(wide[None, :], np.nan, data)
+    image = ax.imshow(
+        np.ma.masked_invalid(main_data), cmap="viridis", vmin=0, vmax=SCALE, aspect="auto"
+    )
+    images = MatrixImages(image)
+    if wide.any():
+        wide_data = np.where(wide[None, :], data, np.nan)
+        images.wide = ax.imshow(
+            np.ma.masked_invalid(wide_data), cmap="magma", vmin=0, vmax=top, aspect="auto"
+        )
+        images.wide_columns = [names[j] for j in range(n_cols) if wide[j]]
+    ax.set_xlim(-0.5, n_cols - 0.5)
+    ax.set_ylim(n_rows - 0.5, -0.5)
     ax.set_facecolor("lightgrey")  # masked cells show the background
     for i in range(n_rows):
         for j in range(n_cols):
@@ -139,7 +190,8 @@ def draw_matrix(
                     Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", color="grey", lw=0)
                 )
             else:
-                colour = "white" if data[i, j] < 60 else "black"
+                scale = top if wide[j] else SCALE
+                colour = "white" if data[i, j] < 0.6 * scale else "black"
                 label = f"{data[i, j]:.1f}"
                 ax.text(j, i, label, ha="center", va="center", color=colour, fontsize=fontsize)
     if len(names) > len(tasks):
@@ -147,7 +199,57 @@ def draw_matrix(
     ax.set_xticks(range(n_cols), headers, rotation=30, ha="right")
     ax.set_yticks(range(n_rows), row_labels(tasks))
     ax.set_xlabel("evaluated on (* = unseen)" if len(names) > len(tasks) else "evaluated on")
-    return image
+    return images
+
+
+def add_colorbars(fig, images: MatrixImages, ax, label: str = "score", **kwargs) -> list:
+    """One colour bar per scale drawn: ``0-100`` and, when some columns pass 100, theirs."""
+    if images.wide is None:
+        return [fig.colorbar(images.main, ax=ax, label=label, **kwargs)]
+    return [
+        fig.colorbar(images.main, ax=ax, label=f"{label}, 0-100", **kwargs),
+        fig.colorbar(
+            images.wide, ax=ax, label=f"{', '.join(images.wide_columns)} (> 100)", **kwargs
+        ),
+    ]
+
+
+SYNTHETIC_NOTE = "SYNTHETIC data (a generated twin), not the real benchmark"
+
+
+def _run_data_source(path: Path) -> str | None:
+    """The data source the run's results.json next to ``path`` records, if any."""
+    try:
+        return json.loads((path.parent / "results.json").read_text()).get("data_source")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def matrix_figure(
+    tasks: Sequence[str],
+    matrix: Matrix,
+    unseen_tasks: Sequence[str] | None = None,
+    unseen_matrix: Matrix | None = None,
+    title: str = "",
+    data_source: str | None = None,
+):
+    """The heat map as a matplotlib Figure (Agg canvas: no display, no pyplot state); a
+    synthetic data source is said in the title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_cols = len(tasks) + len(unseen_tasks or [])
+    top = wide_max([matrix, unseen_matrix or []])
+    fig = Figure(figsize=(3.2 + 0.9 * n_cols + (1.0 if top else 0), 1.4 + 0.5 * (len(tasks) + 1)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    add_colorbars(fig, draw_matrix(ax, tasks, matrix, unseen_tasks, unseen_matrix), ax)
+    if data_source == "synthetic":
+        title = f"{title}\n{SYNTHETIC_NOTE}" if title else SYNTHETIC_NOTE
+    if title:
+        ax.set_title(title, color="darkred" if data_source == "synthetic" else "black")
+    fig.tight_layout()
+    return fig
 
 
 def plot_matrix(
@@ -157,21 +259,34 @@ def plot_matrix(
     unseen_tasks: Sequence[str] | None = None,
     unseen_matrix: Matrix | None = None,
     title: str = "",
+    data_source: str | None = None,
 ) -> None:
-    """Annotated heat map (0-100) saved as PNG; missing cells grey and hatched, a thick line
-    before the unseen columns. Uses the Agg canvas directly, so no display or pyplot state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    n_cols = len(tasks) + len(unseen_tasks or [])
-    fig = Figure(figsize=(2.5 + 0.9 * n_cols, 1.2 + 0.5 * (len(tasks) + 1)))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    image = draw_matrix(ax, tasks, matrix, unseen_tasks, unseen_matrix)
-    fig.colorbar(image, ax=ax, label="score")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
+    """Annotated heat map saved as PNG (see :func:`draw_matrix` for the colour scales). The
+    title says when the data is synthetic: ``data_source``, else what the run's results.json
+    next to ``path`` records."""
+    path = Path(path)
+    source = data_source or _run_data_source(path)
+    fig = matrix_figure(tasks, matrix, unseen_tasks, unseen_matrix, title, source)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def data_faults(skipped: dict | None) -> list[str]:
+    """results.json's ``skipped`` as lines, one per task with unreadable data: how many
+    samples each split lost and why (``causes``), and the damaged shards."""
+    lines = []
+    for task, entry in (skipped or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        parts = []
+        for split in ("train", "test"):
+            n = entry.get(split) or 0
+            if not n:
+                continue
+            causes = (entry.get("causes") or {}).get(split) or {}
+            why = ", ".join(f"{c} {k}" for c, k in causes.items())
+            parts.append(f"{split} {n}" + (f" ({why})" if why else ""))
+        if parts:
+            lines.append(f"{task}: {'; '.join(parts)} unreadable sample(s) skipped")
+    return lines
