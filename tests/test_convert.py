@@ -422,3 +422,68 @@ def test_instructions_are_the_recurring_last_lines_of_the_questions():
     # nothing recurs (free-form questions), or too rarely: no instruction
     assert InstructionFinder(["what is it?", "where is it?"])("what is it?") is None
     assert InstructionFinder(["what is it?"] * 2 + ["x"] * 48)("what is it?") is None  # < 5%
+
+
+# ------------------------------------------------------------ issue 27, item 9: one-line errors
+GOOD_PAIR = [{"from": "human", "value": "<image>\nwhat?"}, {"from": "gpt", "value": "red"}]
+
+
+def _records_file(tmp_path, text: str, name="ann.json") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_lone_surrogates_are_malformed_records_not_a_traceback(llava, tmp_path, capsys):
+    good = {"id": "ok", "image": "coco/a.png", "conversations": GOOD_PAIR}
+    # the JSON escape \ud800 parses to a string no UTF-8 file, path or shard can hold
+    bad = [
+        '{"id": "q", "image": "coco/a.png", "conversations": [{"from": "human", "value": '
+        '"<image>\\nwh\\ud800at?"}, {"from": "gpt", "value": "red"}]}',
+        '{"id": "a", "image": "coco/a.png", "conversations": [{"from": "human", "value": "q?"},'
+        ' {"from": "gpt", "value": "r\\udc00ed"}]}',
+        '{"id": "i", "image": "coco/a\\ud800.png", "conversations": ' + json.dumps(GOOD_PAIR) + "}",
+        '{"id": "\\ud800", "image": "coco/a.png", "conversations": ' + json.dumps(GOOD_PAIR) + "}",
+    ]
+    ann = _records_file(tmp_path, "[" + ", ".join([json.dumps(good), *bad]) + "]")
+    assert main(_args(llava, tmp_path / "out", **{"--json": str(ann)})) == 0
+    out = capsys.readouterr().out
+    assert "wrote 1 samples from 5 records" in out and "malformed" in out
+    summary = json.loads((tmp_path / "out" / "textvqa" / "train.convert.json").read_text())
+    assert summary["skipped"]["malformed"]["count"] == 4
+
+
+def test_deeply_nested_json_is_one_line_or_a_skipped_line(llava, tmp_path, capsys):
+    deep = "[" * 50_000 + "]" * 50_000
+    good = json.dumps({"id": "ok", "image": "coco/a.png", "conversations": GOOD_PAIR})
+    # a JSON list file cannot be parsed at all: one line, exit 2, nothing written
+    ann = _records_file(tmp_path, f'[{good}, {{"x": {deep}}}]')
+    with pytest.raises(SystemExit) as e:
+        main(_args(llava, tmp_path / "out", **{"--json": str(ann)}))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "nested too deeply" in err and err.count("\n") == 1
+    # JSONL: that line alone is malformed; a record nested past MAX_DEPTH is too
+    mid = "[" * 200 + "]" * 200
+    lines = [good, '{"x": ' + deep + "}", '{"id": "m", "image": "coco/a.png", "conversations": '
+             + json.dumps(GOOD_PAIR) + ', "extra": ' + mid + "}"]  # fmt: skip
+    ann = _records_file(tmp_path, "\n".join(lines) + "\n", "ann.jsonl")
+    assert main(_args(llava, tmp_path / "out", **{"--json": str(ann)})) == 0
+    summary = json.loads((tmp_path / "out" / "textvqa" / "train.convert.json").read_text())
+    assert summary["written"] == 1 and summary["skipped"]["malformed"]["count"] == 2
+
+
+def test_null_answers_are_empty_answers_and_null_references_are_dropped(llava, tmp_path):
+    recs = [
+        {"id": "n", "image": "coco/a.png",
+         "conversations": [GOOD_PAIR[0], {"from": "gpt", "value": None}]},
+        {"id": "r", "image": "coco/a.png", "conversations": GOOD_PAIR, "answers": [None, "red"]},
+        {"id": "t", "image": "coco/a.png",
+         "conversations": [*GOOD_PAIR, {"from": "human", "value": "and?"},
+                           {"from": "gpt", "value": None}]},
+    ]  # fmt: skip
+    ann = _records_file(tmp_path, json.dumps(recs))
+    summary = convert("cvit", "textvqa", "train", ann, llava["root"], tmp_path / "out",
+                      progress=False)  # fmt: skip
+    assert summary["skipped"] == {"empty_answer": {"count": 2, "examples": ["n", "t"]}}
+    samples = read_shards([tmp_path / "out" / s for s in summary["shards"]])
+    assert [s["answers"] for s in samples] == [["red"], ["red"]]  # never the text "None"

@@ -140,15 +140,29 @@ def test_resolved_image_paths_never_leave_the_root(rel):
                 assert path.is_relative_to(root) and path.is_file()
 
 
+# text a JSON escape can hold but UTF-8 cannot (lone surrogates), and values nested deeper than
+# any record should be (issue 27, item 9: these were tracebacks)
+odd_text = st.text(st.characters(categories=["Cs", "Ll"]), min_size=1, max_size=4)
+deep = st.integers(33, 300).map(lambda n: json.loads("[" * n + "]" * n))
+
+
 @st.composite
 def llava_records(draw) -> list:
     image = st.one_of(
         st.sampled_from(["a.png", "missing.png", "../secret.png", "/etc/passwd", "", "bad.png"]),
         json_values,
+        odd_text.map(lambda t: f"a{t}.png"),
     )
     good = [{"from": "human", "value": "<image>\nwhat?"}, {"from": "gpt", "value": "red"}]
-    conv = st.one_of(st.just(good), json_values)
-    fields = {"id": json_values, "image": image, "conversations": conv, "answers": json_values}
+    odd = st.one_of(odd_text, st.none(), deep)
+    answer_turn = st.fixed_dictionaries({"from": st.just("gpt"), "value": odd})
+    conv = st.one_of(st.just(good), json_values, st.tuples(st.just(good[0]), answer_turn).map(list))
+    fields = {
+        "id": st.one_of(json_values, odd_text, deep),
+        "image": image,
+        "conversations": conv,
+        "answers": st.one_of(json_values, st.lists(st.one_of(st.none(), odd_text), max_size=3)),
+    }
     rec = st.fixed_dictionaries({}, optional=fields)
     return draw(st.lists(st.one_of(rec, json_values), max_size=6))
 
@@ -163,7 +177,7 @@ def test_converter_skips_or_converts_every_record(recs):
         (d / "img" / "bad.png").write_bytes(PNG[:20])
         (d / "secret.png").write_bytes(PNG)
         ann = d / "train.json"
-        ann.write_text(json.dumps(recs))
+        ann.write_text(json.dumps(recs))  # ensure_ascii: surrogates travel as \\udXXX escapes
         try:
             summary = convert("cvit", "textvqa", "train", ann, d / "img", d / "out", progress=False)
         except UserError as e:  # e.g. nothing convertible at all: one line

@@ -23,8 +23,12 @@ Rules:
   object, bad JSON line, conversations not alternating human/gpt, non-string image path, empty
   question), ``path_escape`` (absolute path, ``..``, or a symlink resolving outside the image
   root; such files are never opened), ``missing_image`` (no ``image`` field or no such file),
-  ``unreadable_image`` (PIL cannot decode the bytes), ``empty_answer``. ``empty_answer`` counts
-  QA pairs (the other pairs of the record are kept); every other reason counts records.
+  ``unreadable_image`` (PIL cannot decode the bytes), ``empty_answer`` (an empty or null answer).
+  ``empty_answer`` counts QA pairs (the other pairs of the record are kept); every other reason
+  counts records. A record holding text that is not valid Unicode (a lone surrogate such as
+  ``"\\ud800"``) or nested too deeply for Python's JSON reader is ``malformed`` (in a JSON list
+  file the whole file cannot be parsed: a one-line error). ``null`` entries of ``answers`` are
+  dropped, never written as the text "None".
 - **Instructions** (``meta.instruction``): the part of a question that is the task's
   instruction, not the sample's -- what SMoLoRA's instruction-type table embeds (CVIT's ImageNet
   "What is the object in the image?\nAnswer the question using a single word or phrase.",
@@ -142,10 +146,15 @@ def load_records(path: Path) -> Iterator[tuple[int, object]]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise UserError(
+                f"{path} is nested too deeply for Python's JSON reader; flatten the records "
+                "(or write them as JSONL: a line nested too deeply is skipped as malformed)"
+            ) from None
         yield from enumerate(data)
         return
     if head == "{":
-        with contextlib.suppress(json.JSONDecodeError):
+        with contextlib.suppress(json.JSONDecodeError, RecursionError):
             if isinstance(json.loads(text), dict):
                 raise UserError(
                     f"{path} holds one JSON object; expected a list of records or JSONL"
@@ -158,7 +167,7 @@ def load_records(path: Path) -> Iterator[tuple[int, object]]:
             continue
         try:
             yield index, json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             yield index, None
         index += 1
 
@@ -172,6 +181,8 @@ def qa_pairs(conversations: object) -> list[tuple[str, str]]:
     pairs = []
     for i in range(0, len(conversations), 2):
         turns = conversations[i : i + 2]
+        if isinstance(turns[1], dict) and "value" in turns[1] and turns[1]["value"] is None:
+            turns = [turns[0], {**turns[1], "value": ""}]  # a null answer is an empty one
         if not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns):
             raise ValueError(f"turn {i} has no string 'value'")
         if (turns[0].get("from"), turns[1].get("from")) != ("human", "gpt"):
@@ -219,7 +230,7 @@ def split_questions(records: list[tuple[int, object]], multi_turn: str) -> list[
     """Every question the split would convert (text only: images are not looked at)."""
     out = []
     for _, rec in records:
-        if not isinstance(rec, dict):
+        if not isinstance(rec, dict) or not well_formed(rec):
             continue
         try:
             pairs = qa_pairs(rec.get("conversations"))
@@ -227,6 +238,30 @@ def split_questions(records: list[tuple[int, object]], multi_turn: str) -> list[
             continue
         out += [q for q, _ in (pairs[:1] if multi_turn == "first" else pairs)]
     return out
+
+
+MAX_DEPTH = 32  # a LLaVA record nests 4 deep; far deeper ones are malformed, not a crash
+
+
+def well_formed(rec: object) -> bool:
+    """Whether every string of a record is valid Unicode (no lone surrogate such as the JSON
+    escape ``"\\ud800"``, which no UTF-8 file, path or shard can hold) and it nests at most
+    :data:`MAX_DEPTH` deep. Iterative: a deep record cannot exhaust the stack here."""
+    stack = [(rec, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return False
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(value, dict):
+            stack += [(k, depth + 1) for k in value] + [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+    return True
 
 
 def resolve_image(root_real: Path, rel: str) -> tuple[str | None, Path | None]:
@@ -289,7 +324,7 @@ def _samples(records, task, split, info, root_real, multi_turn, skips, stats, ba
     """Shard records (dicts of bytes) for every convertible QA pair, in input order."""
     for index, rec in records:
         bar.update(1)
-        if not isinstance(rec, dict):
+        if not isinstance(rec, dict) or not well_formed(rec):
             skips.add("malformed", f"#{index}")
             continue
         rid = str(rec.get("id", f"#{index}"))
@@ -325,7 +360,7 @@ def _samples(records, task, split, info, root_real, multi_turn, skips, stats, ba
         refs = rec.get("answers")
         if isinstance(refs, str):
             refs = [refs]
-        refs = [str(r).strip() for r in refs] if isinstance(refs, list) else []
+        refs = [str(r).strip() for r in refs if r is not None] if isinstance(refs, list) else []
         refs = [r for r in refs if r]
         given = rec.get("instruction")
         for turn, question, answer in kept:
