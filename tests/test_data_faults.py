@@ -292,3 +292,33 @@ def test_shards_holding_fewer_samples_than_bench_json_says_are_counted(bench, co
     dm.set_task(0)
     dm.train_dataloader()
     assert dm.skipped["color"]["causes"] == {"train": {"missing_samples": 4}}
+
+
+# ------------------------------------------------------- item 9: shard generation leaks no tmp dir
+def test_a_failed_or_killed_generation_leaves_no_temporary_directory(tmp_path, monkeypatch):
+    import os
+    import socket
+
+    calls = {"n": 0}
+    real = synth.write_shards
+
+    def fail_on_third(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # Ctrl-C (or any error) in the middle of writing shards
+        return real(*a, **kw)
+
+    monkeypatch.setattr(synth, "write_shards", fail_on_third)
+    kw = dict(train=16, test=4, shard_size=8, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        synth.generate(tmp_path / "t", "t", TASKS, [], **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.setattr(synth, "write_shards", real)
+    # a SIGKILLed generator of this host left one behind: the next generate() removes it; a live
+    # process's (another job generating now) is left alone
+    host = socket.gethostname().replace("-", "_")
+    dead, live = tmp_path / f".t.tmp{host}-999999999", tmp_path / f".t.tmp{host}-{os.getppid()}"
+    for d in (dead, live):
+        (d / "color").mkdir(parents=True)
+    synth.generate(tmp_path / "t", "t", TASKS, [], **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "t"]

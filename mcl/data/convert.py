@@ -72,7 +72,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mcl.config import CONF_DIR
-from mcl.data.shards import encode_image, write_shards
+from mcl.data.shards import encode_image, private_tmp, write_shards
 from mcl.utils.io import atomic_write_json
 
 SPLITS = ("train", "test")
@@ -500,8 +500,7 @@ def convert(
         records = records[:limit]
     task_dir = out / task
     task_dir.mkdir(parents=True, exist_ok=True)
-    tmp = task_dir / f".{split}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = private_tmp(task_dir / split)  # removed below, even on failure
     skips, stats = Skips(), {"samples": 0, "reencoded": 0, "instructions": {}}
     finder = InstructionFinder(split_questions(records, multi_turn))
     bar = tqdm(

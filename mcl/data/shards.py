@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import shutil
+import socket
 import tarfile
 import wave
 from dataclasses import dataclass
@@ -171,6 +174,32 @@ def write_shards(pattern: str, records, shard_size: int) -> list[str]:
             sink.write(rec)
         names = [Path(pattern % i).name for i in range(sink.shard)]
     return names
+
+
+def private_tmp(final: Path) -> Path:
+    """A private temporary directory beside ``final`` to write into and rename (others never see
+    half a benchmark), after removing those that killed processes of this host left behind.
+    The caller removes it on any failure (``try/except BaseException``)."""
+    host = socket.gethostname().replace("-", "_")
+    prefix = f".{final.name}.tmp"
+    if final.parent.is_dir():
+        for old in final.parent.glob(f"{prefix}{host}-*"):
+            pid = old.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+    tmp = final.parent / f"{prefix}{host}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _png(data: bytes, mode: str) -> Image.Image:

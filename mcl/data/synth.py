@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from mcl.data import twins
 from mcl.data import world as W
-from mcl.data.shards import make_record, write_shards
+from mcl.data.shards import make_record, private_tmp, write_shards
 from mcl.data.tasks import Recipe
 from mcl.utils.io import atomic_write_json
 
@@ -118,9 +118,19 @@ def generate(
     )
     if existing_hash(out) == key:
         return out
-    # write into a private temp dir and rename: concurrent sweep jobs never see half a benchmark
-    final, out = out, out.parent / f".{out.name}.tmp{os.getpid()}"
-    shutil.rmtree(out, ignore_errors=True)
+    # write into a private temp dir and rename: concurrent sweep jobs never see half a benchmark;
+    # removed on any failure (and, if this process is killed, by the next generate() here)
+    final, out = out, private_tmp(out)
+    try:
+        return _write(out, final, key, name, tasks, unseen, seed, train, test, shard_size,
+                      progress, twin, instructions, recipes)  # fmt: skip
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write(out, final, key, name, tasks, unseen, seed, train, test, shard_size, progress, twin,
+           instructions, recipes) -> Path:  # fmt: skip
     jobs = [(t, "train", train) for t in tasks] + [
         (t, s, test) for t in tasks + unseen for s in ["test"]
     ]
