@@ -322,3 +322,52 @@ def test_a_failed_or_killed_generation_leaves_no_temporary_directory(tmp_path, m
         (d / "color").mkdir(parents=True)
     synth.generate(tmp_path / "t", "t", TASKS, [], **kw)
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "t"]
+
+
+# ------------------------------------------------------------------- through a whole run (micro)
+def _micro_bench(tmp_path):
+    from mcl.data.bench import prepare
+    from tests.conftest import MICRO, compose_cfg
+
+    cfg = compose_cfg(tmp_path / "clean", MICRO)
+    return prepare(cfg.bench, cfg.paths.data_dir, progress=False).root
+
+
+def test_a_run_records_data_faults_per_task_in_results_json(tmp_path):
+    from mcl.eval.report import data_faults
+    from mcl.train import run
+    from tests.conftest import MICRO, compose_cfg
+
+    root = tmp_path / "bad"
+    shutil.copytree(_micro_bench(tmp_path), root)
+    lost = cut_after(shard(root, "position"), 60)  # 4 of position's 128 training samples
+    over = [*MICRO, "bench.source=real", f"bench.root={root}"]
+    cfg = compose_cfg(tmp_path / "strict", over)
+    with pytest.raises(DataError, match=r"position' \(train\).*train-000000\.tar"):
+        run(cfg, Path(cfg.paths.output_dir))  # 3.1 % > 1 %: stops before training position
+    cfg = compose_cfg(tmp_path / "ok", [*over, "data.max_bad_share=0.05"])
+    res = run(cfg, Path(cfg.paths.output_dir))
+    saved = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert res["complete"] and saved["skipped"] == res["skipped"]
+    entry = saved["skipped"]["position"]
+    assert entry["train"] == lost == 4 and entry["causes"] == {"train": {"truncated_shard": 4}}
+    assert "train-000000.tar" in entry["damaged_shards"][0] and "color" not in saved["skipped"]
+    assert data_faults(saved["skipped"]) == [
+        "position: train 4 (truncated_shard 4) unreadable sample(s) skipped"
+    ]
+
+
+def test_a_run_whose_task_has_no_readable_shard_stops_instead_of_looping(tmp_path):
+    from mcl.train import run
+    from tests.conftest import MICRO, compose_cfg
+
+    root = tmp_path / "bad"
+    shutil.copytree(_micro_bench(tmp_path), root)
+    for p in (root / "position").glob("train-*.tar"):
+        p.write_bytes(b"")
+    cfg = compose_cfg(tmp_path, [*MICRO, "bench.source=real", f"bench.root={root}",
+                                 "data.max_bad_share=1.0"])  # fmt: skip
+    with within(120), pytest.raises(DataError, match="position.*no readable sample"):
+        run(cfg, Path(cfg.paths.output_dir))
+    r = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert r["complete"] is False and r["matrix"][1][0] is not None  # task 1 kept
