@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mcl.eval.metrics import bwt_per_task
-from mcl.eval.report import METRIC_ROWS, add_colorbars, data_faults, draw_matrix, wide_max
+from mcl.eval.report import METRIC_ROWS, data_faults, draw_matrix, shared_colorbars, wide_max
 from mcl.utils.io import atomic_write_bytes, atomic_write_text
 
 # every scalar metric of results.json, plus the two run facts the table shows
@@ -253,6 +253,48 @@ def collect(
             "pass finished runs or add --include-incomplete"
         )
     return _drop_duplicates(runs, split)
+
+
+def logs_dir(logs: str | os.PathLike | None = None) -> Path:
+    """Where ``python -m mcl.train`` wrote its runs: ``logs`` if given, else ``$MCL_LOGS``, else
+    ``./logs``, else the clone's ``logs/`` (a notebook runs in ``notebooks/``)."""
+    from mcl.config import CONF_DIR
+
+    if logs:
+        return Path(logs).expanduser()
+    candidates = [os.environ.get("MCL_LOGS"), "logs", CONF_DIR.parent / "logs"]
+    for c in candidates:
+        if c and Path(c).expanduser().is_dir():
+            return Path(c).expanduser()
+    raise ReportError(
+        "no logs directory (set MCL_LOGS, or run from the directory holding logs/); "
+        "make a run first: python -m mcl.train"
+    )
+
+
+def latest_run(logs: str | os.PathLike | None = None, complete: bool = True) -> Path:
+    """The newest run directory below the logs directory (finished ones only if
+    ``complete``), by its results.json's modification time."""
+    root = logs_dir(logs)
+    found = []
+    for path in root.rglob("results.json"):
+        run = load_run(path)
+        if run is not None and (run.get("complete") is True or not complete):
+            found.append((run["mtime"], path.parent))
+    if not found:
+        raise ReportError(f"no finished run under {root}; make one first: python -m mcl.train")
+    return max(found)[1]
+
+
+def latest_sweep(logs: str | os.PathLike | None = None) -> Path:
+    """The newest multirun sweep directory (``<logs>/multirun/<timestamp>``)."""
+    sweeps = sorted(p for p in (logs_dir(logs) / "multirun").glob("*") if p.is_dir())
+    if not sweeps:
+        raise ReportError(
+            f"no sweep under {logs_dir(logs) / 'multirun'}; run one first, e.g. "
+            "python -m mcl.train -m method=seq_lora,replay seed=0,1"
+        )
+    return sweeps[-1]
 
 
 # --------------------------------------------------------------------------------- aggregating
@@ -638,10 +680,7 @@ def plot_matrices(path: str | os.PathLike, groups: Sequence[dict]) -> None:
         ax.set_title(_title(g, with_bench))
     for ax in axes[len(groups) :]:
         ax.set_axis_off()
-    # one bar per scale, shared by every panel (the wide one from a panel that has it)
-    images = next((d for d in drawn if d.wide is not None), drawn[0])
-    images.wide_columns = sorted({c for d in drawn for c in d.wide_columns})
-    add_colorbars(fig, images, list(axes), label="score (mean over seeds)", shrink=0.8)
+    shared_colorbars(fig, drawn, list(axes), label="score (mean over seeds)", shrink=0.8)
     fig.suptitle(f"Accuracy matrices, mean over seeds{_data_note(groups)}")
     atomic_write_bytes(path, _png(fig))
 

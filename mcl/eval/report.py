@@ -214,6 +214,14 @@ def add_colorbars(fig, images: MatrixImages, ax, label: str = "score", **kwargs)
     ]
 
 
+def shared_colorbars(fig, drawn: Sequence[MatrixImages], axes, label: str = "score", **kwargs):
+    """The colour bars of several panels drawn with one ``top`` (:func:`wide_max`): the 0-100
+    bar and, if any panel has columns above 100, theirs (naming those columns of every panel)."""
+    images = next((d for d in drawn if d.wide is not None), drawn[0])
+    wide = sorted({c for d in drawn for c in d.wide_columns})
+    return add_colorbars(fig, MatrixImages(images.main, images.wide, wide), axes, label, **kwargs)
+
+
 SYNTHETIC_NOTE = "SYNTHETIC data (a generated twin), not the real benchmark"
 
 
