@@ -4,9 +4,12 @@ checkpoint, then the report. It knows the ContinualMethod hooks, never a method'
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -15,14 +18,20 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from tqdm.auto import tqdm
 
+from mcl.config import ConfigError
 from mcl.eval.metrics import continual_metrics, instruction_metrics, stage_metrics
 from mcl.eval.report import matrix_table, plot_matrix, write_matrix_csv
 from mcl.eval.scorers import format_ok, score_records, task_modes
-from mcl.utils import dist
-from mcl.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mcl.utils import dist, preempt
+from mcl.utils.io import (
+    CheckpointError,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 
 def _is_number(v) -> bool:
@@ -61,49 +70,82 @@ class _SkipCounter(L.Callback):
 
 
 class _MidTaskCheckpoint(L.Callback):
-    """Every ``every`` optimizer steps, the Lightning checkpoint of the running task (the
-    method's non-base tensors, optimizer, scheduler, loop progress) as ``last.ckpt``, written
-    to a temporary file and renamed, so a crash leaves the previous one intact."""
+    """Every ``every`` optimizer steps (None: never on a schedule), and at the first step after
+    a preemption signal, the Lightning checkpoint of the running task (the method's non-base
+    tensors, optimizer, scheduler, loop progress, data position, RNG) as ``last.ckpt``, written
+    to a temporary file and renamed, so a crash leaves the previous one intact. After a signal
+    it stops the fit (``preempted`` holds the step it saved)."""
 
-    def __init__(self, path: Path, every: int, dm):
+    def __init__(self, path: Path, every: int | None, dm):
         self.path, self.every, self.dm = path, every, dm
         self._where: dict = {}
         self._rng: torch.Tensor | None = None
-        self._drawn = self._skip = 0  # samples drawn in the current epoch (incl. skipped ones)
-        self._last = 0  # the step last saved (accumulation revisits a step)
+        self._drawn = 0  # samples drawn in the current data pass (incl. skipped ones)
+        # the data pass minus Lightning's epoch: a checkpoint taken at an epoch's last batch
+        # resumes with the next pass inside the epoch Lightning restores
+        self._lag: int | None = None
+        self._prev = 0  # the step at the previous batch's end
+        self.preempted: int | None = None  # the step saved on a preemption signal
 
     # where the data stream and the RNG stood: restored so the rest of the task is the same
     def state_dict(self) -> dict:
         return self._where
 
     def load_state_dict(self, state: dict) -> None:
-        epoch, drawn = int(state["epoch"]), int(state["drawn"])
-        self.dm.resume_at = (epoch, drawn)
-        self._rng, self._skip = state["rng"], drawn
+        self.dm.resume_at = (int(state["epoch"]), int(state["drawn"]))
+        self._rng = state["rng"]
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self._prev, self._lag = trainer.global_step, None
+        self.restore_rng()
+        preempt.reclaim()  # our stop (checkpoint first), not Lightning's immediate one
+
+    def restore_rng(self) -> None:
         if self._rng is not None:
             torch.set_rng_state(self._rng)
             self._rng = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._drawn, self._skip = self._skip, 0
+        if self._lag is None:  # this fit's first epoch: where the data module began it
+            epoch, self._drawn = getattr(self.dm, "resumed_at", (trainer.current_epoch, 0))
+            self._lag = epoch - trainer.current_epoch
+        else:
+            self._drawn = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._drawn += int(batch["n_skipped"]) + len(batch.get("input_ids", ()))
         step = trainer.global_step
-        if step and step % self.every == 0 and step != self._last:
-            self._last = step
-            self._where = {
-                "epoch": trainer.current_epoch,
-                "drawn": self._drawn,
-                "rng": torch.get_rng_state(),
-            }
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".ckpt.tmp")
-            trainer.save_checkpoint(tmp)
-            if trainer.is_global_zero:
-                os.replace(tmp, self.path)
+        # every rank takes part in the same collective at every batch, so all stop together
+        stop = preempt.agreed() is not None and self.preempted is None
+        # only where an optimizer step just ended (gradient accumulation revisits a step)
+        stepped, self._prev = step != self._prev, step
+        if not stepped or not step:
+            return
+        if (self.every and step % self.every == 0) or stop:
+            self.save(trainer, step)
+        if stop:
+            self.preempted = step
+            trainer.should_stop = True
+
+    def save(self, trainer, step: int) -> None:
+        self._where = {
+            "epoch": trainer.current_epoch + (self._lag or 0),  # the data pass
+            "drawn": self._drawn,
+            "rng": torch.get_rng_state(),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".ckpt.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+
+class _EvalStopped(Exception):
+    """An evaluation row cut short by a preemption signal."""
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 class _WhereTrained(L.Callback):
@@ -213,6 +255,8 @@ class ContinualRunner:
         if self.method.task_id_at_test:  # an oracle the method's paper uses; recorded
             self.method.set_eval_task(name, index)
         for samples, batch in self.dm.test_batches(name, dist.rank(), dist.world()):
+            if dist.world() == 1 and preempt.requested():  # ranks agree once per task instead
+                raise _EvalStopped
             preds = self.method.generate(batch, max_new_tokens=spec.get("max_new_tokens", 8))
             for s, p in zip(samples, preds):
                 n_format += format_ok(spec["scorer"], spec.get("answer_type"), p)
@@ -243,6 +287,8 @@ class ContinualRunner:
         names = [self.bench.tasks[j]["name"] for j in columns] + self.bench.unseen_names
         bar = tqdm(names, desc=f"evaluating row {row}", disable=not self.progress, leave=False)
         for name in bar:
+            if preempt.agreed():
+                raise _EvalStopped
             score, held = self.evaluate_task(name, row)
             if name in self.bench.unseen_names:
                 self.unseen[row][self.bench.unseen_names.index(name)] = score
@@ -259,8 +305,11 @@ class ContinualRunner:
 
     def build_trainer(self, t: int | None = None) -> L.Trainer:
         extra = []
-        if self.checkpoint_every and t is not None:
-            extra.append(_MidTaskCheckpoint(self._partial_ckpt(t), self.checkpoint_every, self.dm))
+        if t is not None:  # on a schedule (train.checkpoint_every) and on preemption
+            self._midtask = _MidTaskCheckpoint(
+                self._partial_ckpt(t), self.checkpoint_every, self.dm
+            )
+            extra.append(self._midtask)
         kw = dict(
             logger=self.loggers or False,
             enable_checkpointing=False,
@@ -281,6 +330,60 @@ class ContinualRunner:
         else:
             kw.update(max_epochs=self.epochs)
         return L.Trainer(**kw)
+
+    def _budget(self) -> int | float:
+        """The last optimizer step of a task (unknown, inf, with an epoch budget)."""
+        return self.steps or math.inf
+
+    def _usable_partial(self, t: int) -> bool:
+        """Whether task ``t``'s mid-task checkpoint exists and holds everything a resume needs
+        (loadable without unpickling, every tensor of the method, the data position). A damaged
+        one is set aside with a warning: the task then reruns from its start, which gives the
+        same result, only later."""
+        path = self._partial_ckpt(t)
+        if not path.exists():
+            return False
+        why = None
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            own = self.method.adapter_state()
+            have = ckpt.get("state_dict") or {}
+            where = (ckpt.get("callbacks") or {}).get(_MidTaskCheckpoint.__qualname__) or {}
+            if set(have) != set(own):
+                why = f"it holds {len(have)} of the method's {len(own)} tensors"
+            elif any(tuple(have[k].shape) != tuple(v.shape) for k, v in own.items()):
+                why = "its tensors have other shapes than the method's"
+            elif not {"epoch", "drawn", "rng"} <= set(where) or "loops" not in ckpt:
+                why = "it lacks the loop state or the data position"
+        except Exception as e:  # truncated, bit-flipped, not a checkpoint at all
+            why = f"it cannot be read ({_one_line(e)})"
+        if why is None:
+            return True
+        if dist.is_main():
+            bad = path.with_name(path.name + ".damaged")
+            os.replace(path, bad)
+            print(
+                f"[mcl] warning: ignoring the mid-task checkpoint {path}: {why}; task {t} "
+                f"reruns from its start (the file is kept as {bad.name})"
+            )
+        return False
+
+    def _preempted_message(self, t: int | None, step: int | None = None, what: str = "") -> str:
+        name = preempt.requested() or "a signal"
+        if t is None:
+            where, saved = "before the first task was trained", "nothing to save yet"
+        elif step is not None or self._partial_ckpt(t).exists():
+            rel = self._partial_ckpt(t).relative_to(self.out)
+            at = f" at step {step}" if step is not None else ""
+            where = f"in task {t + 1} ({self.bench.task_names[t]}){at}"
+            saved = f"checkpoint {rel}"
+        else:
+            where = f"after task {t + 1} ({self.bench.task_names[t]}){what}"
+            saved = f"checkpoint {self._ckpt_dir(t).relative_to(self.out)}"
+        return (
+            f"preempted by {name} {where}: {saved}, results so far in "
+            f"{self.out / 'results.json'}; continue with resume=true"
+        )
 
     def check_trainable(self, t: int) -> None:
         actual = {n for n, p in self.method.named_parameters() if p.requires_grad}
@@ -311,10 +414,19 @@ class ContinualRunner:
             trainer = self.build_trainer(t)
             partial = self._partial_ckpt(t)
             # a run that died inside this task continues from its last mid-task checkpoint
-            ckpt = str(partial) if self.resume and partial.exists() else None
+            ckpt = str(partial) if self.resume and self._usable_partial(t) else None
             if ckpt:
                 print(f"[mcl] resuming task {t} from its mid-task checkpoint {partial}")
-            trainer.fit(self.method, datamodule=self.dm, ckpt_path=ckpt, weights_only=True)
+            try:
+                trainer.fit(self.method, datamodule=self.dm, ckpt_path=ckpt, weights_only=True)
+            except SystemExit:  # Lightning's own SIGTERM stop (a SystemExit that exits 0)
+                if preempt.requested() is None:
+                    raise
+            self._midtask.restore_rng()  # a restored run whose fit had no step left to run
+            stopped = self._midtask.preempted
+            done = trainer.global_step >= self.steps if self.steps else stopped is None
+            if preempt.requested() is not None and not done:
+                raise preempt.Preempted(self._preempted_message(t, stopped))
             self.global_step += trainer.global_step
             if "train" not in self.devices:  # trained in forked ranks (ddp_cpu): their device
                 self.devices["train"] = [str(trainer.strategy.root_device)]
@@ -340,15 +452,22 @@ class ContinualRunner:
     def _ckpt_dir(self, t: int) -> Path:
         return self.out / "checkpoints" / f"task{t:02d}"
 
-    def save_task(self, t: int) -> None:
+    def save_task(self, t: int, evaluated: bool = True) -> None:
+        """Task ``t``'s checkpoint: the method's tensors and the run state. ``evaluated=False``:
+        trained, but its evaluation row was cut short (a preemption); resume evaluates it."""
         if not dist.is_main():  # one writer; every rank holds the same state
             return
         d = self._ckpt_dir(t)
         d.mkdir(parents=True, exist_ok=True)
         # serialised in memory, then one atomic write: a full disk leaves no partial file, and
-        # state.json (what resume looks for) is written only after the tensors are in place
-        atomic_write_bytes(d / "adapters.safetensors", save(self.method.adapter_state()))
-        atomic_write_json(d / "state.json", self.state_dict(t))
+        # state.json (what resume looks for) is written only after the tensors are in place;
+        # it records the tensors' digest, so a damaged file is never resumed from
+        data = save(self.method.adapter_state())
+        atomic_write_bytes(d / "adapters.safetensors", data)
+        state = self.state_dict(t)
+        state["evaluated"] = evaluated
+        state["adapters"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        atomic_write_json(d / "state.json", state)
 
     def state_dict(self, t: int) -> dict:
         return {
@@ -367,18 +486,60 @@ class ContinualRunner:
             "devices": self.devices,
         }
 
+    def _task_checkpoint(self, d: Path) -> tuple[dict | None, dict | None, str | None]:
+        """``(state, tensors, None)`` of a task checkpoint directory, or ``(.., .., why)`` when
+        it cannot be resumed from (missing, truncated, bit-flipped, another task's)."""
+        try:
+            state = json.loads((d / "state.json").read_text())
+            t = state["finished_task"]
+            if d.name != f"task{t:02d}":
+                return None, None, f"its state.json is task {t}'s"
+            data = (d / "adapters.safetensors").read_bytes()
+            digest = state.get("adapters")  # absent in checkpoints written before it was added
+            if digest and (
+                len(data) != digest["bytes"] or hashlib.sha256(data).hexdigest() != digest["sha256"]
+            ):
+                return state, None, "adapters.safetensors does not match the digest in state.json"
+            from safetensors.torch import load
+
+            return state, load(data), None
+        except FileNotFoundError as e:
+            return None, None, f"{Path(e.filename or '?').name} is missing"
+        except Exception as e:  # bad JSON, a damaged safetensors header, missing keys
+            return None, None, f"it cannot be read ({_one_line(e)})"
+
     def try_resume(self) -> int:
-        """Index of the first task still to run (0 when starting fresh)."""
+        """Index of the first task still to run (0 when starting fresh): the newest task
+        checkpoint that is intact (older ones stand in for a damaged one, with a warning;
+        everything after them reruns, to the same result)."""
+        self._pending_row = None
         if not self.resume:
             return 0
-        done = sorted(self.out.glob("checkpoints/task*/state.json"))
-        if not done:
+        dirs = sorted({p.parent for p in self.out.glob("checkpoints/task[0-9][0-9]/state.json")})
+        state = tensors = None
+        for d in reversed(dirs):
+            state, tensors, why = self._task_checkpoint(d)
+            if why is None:
+                break
+            print(
+                f"[mcl] warning: cannot resume from {d.relative_to(self.out)}: {why}; "
+                "using the checkpoint before it (the tasks after it run again)"
+            )
+            state = None
+        if state is None:
+            if dirs:
+                print("[mcl] warning: no intact task checkpoint; the run starts from task 1")
             return 0
-        state = json.loads(done[-1].read_text())
         t = state["finished_task"]
         self.method.on_resume(t)
         self.method.keep_fp32_masters()  # before loading: fp32 tensors into fp32 parameters
-        self.method.load_adapter_state(load_file(str(done[-1].parent / "adapters.safetensors")))
+        try:
+            self.method.load_adapter_state(tensors)
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{d / 'adapters.safetensors'}: {e}; move checkpoints/{d.name} aside to resume "
+                "from the task before, or start a new run"
+            ) from None
         self.matrix, self.unseen = state["matrix"], state["unseen_matrix"]
         self.if_scores, self.params = state["if_scores"], state["params"]
         self.format_scores = state.get("format_scores", self.format_scores)
@@ -389,25 +550,65 @@ class ContinualRunner:
         self.devices = state.get("devices", {})
         self.dm.skipped = state.get("skipped", {})
         self.method.current_task = t
+        if state.get("evaluated", True) is False:  # preempted during its evaluation row
+            self._pending_row = t
         print(f"[mcl] resuming after task {t + 1} ({self.bench.task_names[t]})")
         return t + 1
 
     # ------------------------------------------------------------------ the loop
+    def _columns(self, t: int) -> list[int]:
+        """The tasks evaluated after task ``t``: 1..t+1 (forward transfer), all after the last."""
+        T = len(self.bench.tasks)
+        return list(range(T)) if t == T - 1 else list(range(min(t + 2, T)))
+
+    def _stop(self, message: str):
+        """Write the results so far, flush the loggers, raise :class:`Preempted`."""
+        self.write_report(partial=True)
+        for lg in self.loggers:
+            with contextlib.suppress(Exception):  # a logger's flush must not hide the stop
+                lg.save()
+        raise preempt.Preempted(message, preempt.requested())
+
+    def _evaluate_after(self, t: int) -> None:
+        """Row t+1, then task t's checkpoint. Cut short by a preemption, the trained task is
+        still saved (``evaluated=False``) and its row is evaluated again on resume."""
+        try:
+            self.evaluate_row(t + 1, self._columns(t))
+        except _EvalStopped:
+            self.save_task(t, evaluated=False)
+            self._stop(self._preempted_message(t, what=", before its evaluation finished"))
+        self.save_task(t)
+
     def run(self) -> dict:
         t_start = time.time()
         T = len(self.bench.tasks)
         start = self.try_resume()
-        # the other ranks of a DDP run start at rank 0's first fit, after row 0 was evaluated
-        if start == 0 and (dist.is_main() or dist.initialized()):
-            self.evaluate_row(0, list(range(T)))
-        for t in range(start, T):
-            self.train_task(t)
-            cols = list(range(T)) if t == T - 1 else list(range(min(t + 2, T)))
-            self.evaluate_row(t + 1, cols)
-            self.save_task(t)
-            self.write_report(partial=t < T - 1)
-            if dist.is_main():
-                shutil.rmtree(self._partial_ckpt(t).parent, ignore_errors=True)
+        try:
+            # the other ranks of a DDP run start at rank 0's first fit, after row 0 was evaluated
+            if start == 0 and (dist.is_main() or dist.initialized()):
+                self.evaluate_row(0, list(range(T)))
+                self.write_report(partial=True)  # a run has results (and its config) from here
+            if self._pending_row is not None:  # trained before a preemption, not evaluated
+                self._evaluate_after(self._pending_row)
+                self.write_report(partial=start < T)
+                if dist.is_main():
+                    shutil.rmtree(self._partial_ckpt(start - 1).parent, ignore_errors=True)
+            for t in range(start, T):
+                if preempt.agreed():  # between tasks: nothing is lost
+                    self._stop(self._preempted_message(t - 1 if t else None))
+                try:
+                    self.train_task(t)
+                except preempt.Preempted as e:
+                    self._stop(str(e))
+                if preempt.agreed():  # trained (and its boundary work done): keep it
+                    self.save_task(t, evaluated=False)
+                    self._stop(self._preempted_message(t, what=", before its evaluation"))
+                self._evaluate_after(t)
+                self.write_report(partial=t < T - 1)
+                if dist.is_main():
+                    shutil.rmtree(self._partial_ckpt(t).parent, ignore_errors=True)
+        except _EvalStopped:  # during the zero-shot row: nothing to save yet
+            self._stop(self._preempted_message(None))
         self.timings["total_s"] = round(time.time() - t_start, 2)
         return self.write_report(partial=False)
 
@@ -548,25 +749,124 @@ def _merge_ranks(parts: list[tuple], batch_size: int) -> tuple[list, int, dict]:
     return records, n_format, extra
 
 
-def _comparable(config: dict) -> dict:
-    """The parts of a config that define a run (not how or where it was launched)."""
-    c = {k: v for k, v in config.items() if k not in ("resume", "progress", "paths", "hydra")}
-    return json.loads(json.dumps(c, sort_keys=True, default=str))
+# what does not change a run's results: how it is launched and watched, where it writes
+NOT_RESULTS = (
+    "resume",
+    "progress",
+    "paths",
+    "hydra",
+    "logger",
+    "train.checkpoint_every",
+    "train.threads",
+    "data.max_bad_share",
+)
 
 
-def find_resumable(out_dir: str | Path, config: dict) -> Path | None:
-    """The run directory to continue: ``out_dir`` itself or else the newest sibling (the same
-    command launched earlier gets a new timestamped directory) with the same config, finished
-    tasks and no complete results."""
-    out_dir = Path(out_dir)
-    want = _comparable(config)
-    siblings = sorted((p for p in out_dir.parent.glob("*") if p != out_dir), reverse=True)
-    candidates = [out_dir, *siblings]
-    for d in candidates:
-        res = d / "results.json"
-        if not res.exists() or not list(d.glob("checkpoints/task*/state.json")):
-            continue
-        old = json.loads(res.read_text())
-        if not old.get("complete") and _comparable(old.get("config", {})) == want:
-            return d
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out |= _flat(v, f"{prefix}{k}.")
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def derived_keys(cfg) -> set[str]:
+    """Keys of a composed config whose value is copied from one that does not change results
+    (``model.cache_dir: ${paths.cache_dir}``, ``model.progress: ${progress}``)."""
+    from omegaconf import DictConfig
+
+    roots = "|".join(re.escape(x) for x in NOT_RESULTS)
+    pattern = re.compile(rf"\$\{{(?:{roots})\b")
+    out: set[str] = set()
+
+    def walk(node, prefix: str) -> None:
+        for k in list(node):
+            child = node._get_node(k)
+            key = f"{prefix}{k}"
+            if isinstance(child, DictConfig):
+                walk(child, key + ".")
+            elif child is not None and child._is_interpolation():
+                out.update([key] if pattern.search(str(child._value())) else [])
+
+    walk(cfg, "")
+    return out
+
+
+def _comparable(config: dict, ignore=()) -> dict:
+    """The config's values that shape the results, flat (``train.steps``: 250), as JSON reads
+    them back."""
+    flat = _flat(json.loads(json.dumps(config, sort_keys=True, default=str)))
+    skip = (*NOT_RESULTS, *ignore)
+    return {k: v for k, v in flat.items() if not any(k == x or k.startswith(x + ".") for x in skip)}
+
+
+def config_changes(old: dict, new: dict, ignore=()) -> list[str]:
+    """The keys whose values differ between two configs, in ways that change results."""
+    a, b = _comparable(old, ignore), _comparable(new, ignore)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
+
+
+def _describe_changes(old: dict, new: dict, keys: list[str]) -> str:
+    a, b = _comparable(old), _comparable(new)
+
+    def show(v) -> str:
+        return "unset" if v == "<unset>" else json.dumps(v)
+
+    parts = [
+        f"{k} ({show(a.get(k, '<unset>'))} then, {show(b.get(k, '<unset>'))} now)" for k in keys[:4]
+    ]
+    more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+    return ", ".join(parts) + more
+
+
+def run_record(d: Path) -> dict | None:
+    """A run directory's ``results.json``, or None when it has none (or an unreadable one)."""
+    try:
+        rec = json.loads((Path(d) / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def holds_a_run(d: Path) -> str | None:
+    """What in ``d`` belongs to an earlier run (results, checkpoints), or None."""
+    d = Path(d)
+    if (d / "results.json").exists():
+        return "results.json"
+    if any(d.glob("checkpoints/task*")):
+        return "checkpoints/"
     return None
+
+
+def find_resumable(out_dir: str | Path, config: dict, ignore=()) -> Path | None:
+    """The run directory ``resume=true`` continues: ``out_dir`` itself, else the newest sibling
+    (the same command launched earlier got another timestamped directory) whose run is
+    unfinished and was started with a config that gives the same results. None: nothing to
+    continue. Raises :class:`ConfigError` (one line, naming the keys) when the run to continue
+    (``out_dir``'s own, or the newest unfinished one beside it) had other values. ``ignore``:
+    more keys that do not change results (see :func:`derived_keys`)."""
+    out_dir = Path(out_dir)
+    siblings = sorted(
+        (p for p in out_dir.parent.glob("*") if p.is_dir() and p != out_dir), reverse=True
+    )
+    mismatch = None
+    for d in [out_dir, *siblings]:
+        rec = run_record(d)
+        if rec is None or "config" not in rec:
+            continue
+        keys = config_changes(rec["config"], config, ignore)
+        if not keys and (d == out_dir or not rec.get("complete")):
+            return d  # out_dir itself even when complete: nothing left to do there
+        if keys and not rec.get("complete") and mismatch is None:
+            mismatch = (d, rec["config"], keys)
+        if keys and d == out_dir:
+            break
+    if mismatch is None:
+        return None
+    d, old, keys = mismatch
+    raise ConfigError(
+        f"resume=true: the unfinished run in {d} was started with other values of "
+        f"{_describe_changes(old, config, keys)}; rerun with its values to continue it, or "
+        "without resume=true to start a new run"
+    )

@@ -1,7 +1,12 @@
 """Entry point: ``python -m mcl.train [group=option ...] [key=value ...]``.
 
-Compose the config, build benchmark -> model -> method -> data -> runner, run the sequence,
-print the accuracy matrix. Everything else lives in the layers below.
+Check the command line (:func:`mcl.utils.validate.precheck`: a mistake is one line and exit code
+2, before Hydra makes a run directory), compose the config, claim the run directory, build
+benchmark -> model -> method -> data -> runner, run the sequence, print the accuracy matrix.
+Everything else lives in the layers below. Exit codes: 0 done, 2 a mistake the user can fix
+(config, data, disk), 75 preempted (SIGTERM/SIGUSR1/SIGUSR2; continue with ``resume=true``).
+
+The heavy imports (torch, Lightning) wait until a run starts, so a bad value fails in a second.
 """
 
 from __future__ import annotations
@@ -9,33 +14,51 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
 
 import hydra
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mcl.config import CONF_DIR, ConfigError, check_overrides
-from mcl.data.bench import BenchmarkError, prepare
-from mcl.data.datamodule import ContinualDataModule, DataError
-from mcl.eval.scorers import task_modes
-from mcl.runner import ContinualRunner, find_resumable
+from mcl.utils import preempt
+from mcl.utils.io import CheckpointError
+from mcl.utils.lock import RunDirError, RunLock
+from mcl.utils.validate import precheck, validate
 
-USER_ERRORS = (ConfigError, BenchmarkError, DataError, FileNotFoundError)
+EXIT_USER = 2
+# errors of the data layer, by module: recognised once that module is loaded (a run loads it)
+_DATA_ERRORS = (("mcl.data.bench", "BenchmarkError"), ("mcl.data.datamodule", "DataError"))
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    found = [
+        getattr(sys.modules[mod], name)
+        for mod, name in _DATA_ERRORS
+        if mod in sys.modules and hasattr(sys.modules[mod], name)
+    ]
+    return (ConfigError, CheckpointError, RunDirError, FileNotFoundError, *found)
 
 
 def user_error(e: BaseException) -> str | None:
-    """The one-line message for an error the user can fix (bad config, data, a full disk), or
-    None for a bug (which keeps its traceback)."""
-    if isinstance(e, USER_ERRORS):
-        return str(e)
+    """The one-line message for an error the user can fix (bad config, data, a full or
+    read-only disk, a damaged checkpoint, a busy run directory), or None for a bug (which keeps
+    its traceback)."""
+    if isinstance(e, _user_errors()):
+        return " ".join(str(e).split())
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return f"{e.strerror or e}; finished tasks are kept, rerun with resume=true"
+    if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
+        where = f" {e.filename}" if e.filename else ""
+        return (
+            f"cannot write{where}: {e.strerror or e}; make the directory writable (finished "
+            "tasks are kept; rerun with resume=true) or choose another (paths.log_dir=...)"
+        )
     return None
 
 
@@ -150,8 +173,16 @@ def _instantiate_model(spec: DictConfig):
         raise
 
 
-def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
-    """Everything the run needs, from a composed config."""
+def build(cfg: DictConfig, out_dir: Path):
+    """Everything the run needs (a :class:`~mcl.runner.ContinualRunner`), from a composed
+    config."""
+    import lightning as L
+
+    from mcl.data.bench import prepare
+    from mcl.data.datamodule import ContinualDataModule
+    from mcl.eval.scorers import task_modes
+    from mcl.runner import ContinualRunner
+
     quiet_libraries()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     bench = prepare(cfg.bench, cfg.paths.data_dir, progress=cfg.progress)
@@ -194,8 +225,6 @@ def build(cfg: DictConfig, out_dir: Path) -> ContinualRunner:
         max_bad_share=cfg.data.max_bad_share,
     )
     config = OmegaConf.to_container(cfg, resolve=True)
-    if cfg.resume:
-        out_dir = find_resumable(out_dir, config) or out_dir
     return ContinualRunner(
         method,
         dm,
@@ -245,13 +274,123 @@ def _container(value):
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
+_THREADS_TOLD = False
+
+
+def set_threads(threads: int | None) -> int:
+    """torch's intra-op threads: ``train.threads`` if set, else ``OMP_NUM_THREADS`` if set,
+    else the CPUs this job may use (SLURM's ``SLURM_CPUS_PER_TASK``, else the process's CPU
+    affinity) halved and at most 8: small models gain nothing from more, and a full share of a
+    machine that other jobs also load runs many times slower. Said once per process."""
+    global _THREADS_TOLD
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if threads:
+        n, why = int(threads), "train.threads"
+    elif env.isdigit() and int(env) > 0:
+        n, why = int(env), "OMP_NUM_THREADS"
+    elif slurm.isdigit() and int(slurm) > 0:
+        n, why = max(1, min(8, int(slurm))), "SLURM_CPUS_PER_TASK"
+    else:
+        n, why = max(1, min(8, cpus // 2)), f"half of the {cpus} CPUs this process may use"
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    if not _THREADS_TOLD and _is_rank_zero():
+        _THREADS_TOLD = True
+        print(f"[mcl] torch threads: {n} ({why}; set train.threads=N to change)")
+    return n
+
+
+def _is_rank_zero() -> bool:
+    from mcl.utils import dist
+
+    return dist.is_main()
+
+
+def choose_run_dir(cfg: DictConfig, out_dir: Path) -> Path:
+    """The directory this run writes to: with ``resume=true`` the unfinished run to continue
+    (``out_dir`` or an earlier sibling; a changed config refuses, naming the keys), else
+    ``out_dir``. Loggers follow it (``paths.output_dir``)."""
+    if not cfg.resume or not _is_rank_zero():
+        return out_dir
+    from mcl.runner import derived_keys, find_resumable
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    found = find_resumable(out_dir, config, ignore=derived_keys(cfg))
+    if found is None:
+        print(f"[mcl] resume=true: no unfinished run to continue in {out_dir.parent}; starting one")
+        return out_dir
+    if found != out_dir:
+        print(f"[mcl] resume=true: continuing the run in {found}")
+        OmegaConf.update(cfg, "paths.output_dir", str(found), force_add=True)
+    return found
+
+
+def _hydra_dir() -> Path | None:
+    if not HydraConfig.initialized():
+        return None
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _drop_if_empty(d: Path | None) -> None:
+    """Remove a run directory that holds nothing but what Hydra wrote at start (a run that
+    stopped on a config error, or one that continued elsewhere)."""
+    if d is None or not d.is_dir() or not _is_rank_zero():
+        return
+    names = {p.name for p in d.iterdir()}
+    log = d / f"{HydraConfig.get().job.name}.log" if HydraConfig.initialized() else None
+    hydra_only = names <= {".hydra", log.name if log else ""}
+    if hydra_only and (log is None or not log.exists() or log.stat().st_size < 4096):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _claim(out_dir: Path, resume: bool) -> RunLock | None:
+    """Own ``out_dir`` (rank 0; other ranks follow it), refusing a directory that holds
+    another run unless continuing it."""
+    if not _is_rank_zero():
+        return None
+    lock = RunLock(out_dir)
+    lock.acquire()
+    from mcl.runner import holds_a_run
+
+    what = holds_a_run(out_dir)
+    if what and not resume:
+        lock.release()
+        raise RunDirError(
+            f"run directory {out_dir} already holds a run ({what}); continue it with "
+            "resume=true, or choose another directory (hydra.run.dir=... or paths.log_dir=...)"
+        )
+    return lock
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    runner = build(cfg, out_dir)
+    """One run of the sequence in ``out_dir``: validated, threads set, the directory claimed
+    (a lock file; see mcl/utils/lock.py), preemption signals handled (mcl/utils/preempt.py)."""
+    validate(cfg)
+    set_threads(cfg.train.get("threads"))
+    out_dir = choose_run_dir(cfg, Path(out_dir))
+    lock = _claim(out_dir, bool(cfg.resume))
     try:
-        results = runner.run()
+        from mcl.runner import run_record
+
+        done = run_record(out_dir) if cfg.resume else None
+        if done and done.get("complete"):
+            print(f"[mcl] resume=true: the run in {out_dir} is already complete; nothing to do")
+            return done
+        with preempt.handling():
+            runner = build(cfg, out_dir)
+            try:
+                results = runner.run()
+            finally:
+                if "wandb" in sys.modules:  # one W&B run per job, also in multirun sweeps
+                    sys.modules["wandb"].finish()
     finally:
-        if "wandb" in sys.modules:  # one W&B run per job, also in multirun sweeps
-            sys.modules["wandb"].finish()
+        if lock is not None:
+            lock.release()
     print(runner.summary(results))
     print(f"[mcl] results in {runner.out}")
     return results
@@ -259,22 +398,41 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    out_dir = Path(cfg.paths.output_dir or HydraConfig.get().runtime.output_dir)
+    hydra_dir = _hydra_dir()
+    out_dir = Path(cfg.paths.output_dir or hydra_dir)
+    if os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") and not cfg.resume:
+        # a requeued SLURM job reruns the same command: it continues the run it began
+        print("[mcl] requeued SLURM job (SLURM_RESTART_COUNT set): resume=true")
+        OmegaConf.update(cfg, "resume", True)
     try:
         results = run(cfg, out_dir)
-    except (*USER_ERRORS, OSError) as e:
+    except preempt.Preempted as e:
+        print(f"[mcl] {e}", file=sys.stderr)
+        _drop_if_empty(hydra_dir)
+        preempt.hand_on()  # submitit's handler requeues the job (and exits)
+        sys.exit(preempt.EXIT_CODE)
+    except Exception as e:
         msg = user_error(e)
         if msg is None:
             raise
+        _drop_if_empty(hydra_dir)
         print(f"error: {msg}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER)
+    if hydra_dir is not None and Path(cfg.paths.output_dir or hydra_dir) != hydra_dir:
+        _drop_if_empty(hydra_dir)  # resumed elsewhere: the fresh directory stays unused
     return results["metrics"]["last"]  # what a Hydra sweeper would optimise
 
 
-if __name__ == "__main__":
+def cli(argv: list[str]) -> None:
+    """``python -m mcl.train``: the command line checked before Hydra creates anything."""
     try:
-        check_overrides(sys.argv[1:])
+        check_overrides(argv)
+        precheck(argv)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(EXIT_USER)
     main()
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

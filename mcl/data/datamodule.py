@@ -24,6 +24,7 @@ weights proportional to each part's size, so every batch mixes tasks.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import zlib
@@ -83,6 +84,23 @@ class _Skip:
         for i, item in enumerate(src):
             if i >= n:
                 yield item
+
+
+class _RestOfEpoch(torch.utils.data.IterableDataset):
+    """An epoch-limited pipeline whose first epoch yields only ``first`` samples: the rest of
+    the epoch a resumed run had begun (after :class:`_Skip`), so it ends where the interrupted
+    run's did and every later epoch starts as it would have; without it the resumed epoch ran a
+    whole epoch's length into the next pass."""
+
+    def __init__(self, pipeline, first: int):
+        self.pipeline, self.first = pipeline, first
+
+    def __iter__(self):
+        it = iter(self.pipeline)
+        if self.first is None:
+            return it
+        n, self.first = self.first, None
+        return itertools.islice(it, max(0, n))
 
 
 class DataError(RuntimeError):
@@ -247,6 +265,7 @@ class ContinualDataModule(L.LightningDataModule):
         # (epoch, samples already drawn in it): where the next train_dataloader() starts, set
         # by a mid-task checkpoint's restore; used once
         self.resume_at: tuple[int, int] | None = None
+        self.resumed_at: tuple[int, int] = (0, 0)  # what the last train_dataloader() began at
         self._test_cache: dict[str, list[dict]] = {}
 
     # ------------------------------------------------------------------ training
@@ -511,6 +530,8 @@ class ContinualDataModule(L.LightningDataModule):
         seed = self.seed * 1000 + self.task
         epoch, skip = self.resume_at or (0, 0)
         self.resume_at = None
+        if skip >= per_worker > 0:  # saved at an epoch's last batch: the next pass, from its start
+            epoch, skip = epoch + skip // per_worker, skip % per_worker
         if (epoch or skip) and (workers or len(mix) > 1 or world > 1):
             # the position is one stream's in one process: elsewhere, start that epoch afresh
             skip = 0
@@ -518,10 +539,14 @@ class ContinualDataModule(L.LightningDataModule):
                 "[mcl] resuming inside a task: with workers, several processes or a task "
                 "mixture the remaining batches differ from an uninterrupted run's"
             )
+        # (data pass, samples already drawn in it) where this loader's first epoch begins
+        self.resumed_at = (epoch, skip)
         if len(mix) == 1:
             (j,) = mix
             stream = self._stream(self.train_urls(j), seed, epoch, skip, split=split)
             pipeline = stream.with_epoch(per_worker)
+            if skip:  # resumed inside an epoch: only what was left of it
+                pipeline = _RestOfEpoch(pipeline, per_worker - skip)
         else:
             streams = [
                 self._stream(self.train_urls(j), seed + 10 * (j + 1), split=split)

@@ -294,7 +294,32 @@ class ContinualMethod(L.LightningModule):
         checkpoint["state_dict"] = self.adapter_state()
 
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
-        missing = [k for k in state if k not in self.state_dict()]
+        """Load what :meth:`adapter_state` saved: exactly the method's own tensors, in their
+        shapes. A checkpoint that lacks one (an empty or partial file) or holds one the method
+        does not have (another method's) is refused in one line, before anything is loaded;
+        the frozen base is never in it (hence ``strict=False`` for the rest)."""
+        from mcl.utils.io import CheckpointError
+
+        own = self.state_dict()
+        parts = self.part_names()
+        want = {k for k in own if self._owned(k, parts)}
+        unknown = sorted(k for k in state if k not in own)
+        missing = sorted(want - set(state))
+        shapes = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+        if unknown:
+            raise CheckpointError(
+                f"checkpoint has {len(unknown)} tensor(s) this {self.method_name} model does "
+                f"not have, e.g. {unknown[0]}: it is another run's"
+            )
         if missing:
-            raise KeyError(f"checkpoint has unknown tensors, e.g. {missing[0]}")
+            raise CheckpointError(
+                f"checkpoint lacks {len(missing)} of the {len(want)} tensors {self.method_name} "
+                f"keeps, e.g. {missing[0]}: it is damaged or partial"
+            )
+        if shapes:
+            k = shapes[0]
+            raise CheckpointError(
+                f"checkpoint tensor {k} has shape {tuple(state[k].shape)}, the model's is "
+                f"{tuple(own[k].shape)}: it is another run's"
+            )
         self.load_state_dict(state, strict=False)

@@ -15,6 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as it is (damaged, partial, another run's); the message
+    names the file and what to do."""
+
+
 # mkstemp creates files with mode 0600; read the umask once so results get the usual permissions.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
