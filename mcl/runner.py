@@ -69,6 +69,9 @@ class _SkipCounter(L.Callback):
         self.dm.check_bad_share(self.dm.bench.task_names[self.dm.task], "train", self.seen)
 
 
+PREEMPTED_AT = "mcl/preempted_at"  # the step a fit stopped at on a preemption signal
+
+
 class _MidTaskCheckpoint(L.Callback):
     """Every ``every`` optimizer steps (None: never on a schedule), and at the first step after
     a preemption signal, the Lightning checkpoint of the running task (the method's non-base
@@ -126,6 +129,8 @@ class _MidTaskCheckpoint(L.Callback):
         if stop:
             self.preempted = step
             trainer.should_stop = True
+            # forked ranks (ddp_cpu, fsdp_cpu) send callback_metrics back to the main process
+            trainer.callback_metrics[PREEMPTED_AT] = torch.tensor(float(step))
 
     def save(self, trainer, step: int) -> None:
         self._where = {
@@ -417,15 +422,19 @@ class ContinualRunner:
             ckpt = str(partial) if self.resume and self._usable_partial(t) else None
             if ckpt:
                 print(f"[mcl] resuming task {t} from its mid-task checkpoint {partial}")
+            cut = False
             try:
                 trainer.fit(self.method, datamodule=self.dm, ckpt_path=ckpt, weights_only=True)
             except SystemExit:  # Lightning's own SIGTERM stop (a SystemExit that exits 0)
                 if preempt.requested() is None:
                     raise
+                cut = True
             self._midtask.restore_rng()  # a restored run whose fit had no step left to run
             stopped = self._midtask.preempted
-            done = trainer.global_step >= self.steps if self.steps else stopped is None
-            if preempt.requested() is not None and not done:
+            if stopped is None and PREEMPTED_AT in trainer.callback_metrics:  # a forked rank's
+                stopped = int(trainer.callback_metrics[PREEMPTED_AT])
+                preempt.request(preempt.requested() or "a signal to a training rank")
+            if (stopped is not None and stopped < self._budget()) or (cut and stopped is None):
                 raise preempt.Preempted(self._preempted_message(t, stopped))
             self.global_step += trainer.global_step
             if "train" not in self.devices:  # trained in forked ranks (ddp_cpu): their device
