@@ -225,11 +225,9 @@ def test_sigterm_to_python_m_mcl_train_exits_75_and_resume_finishes(tmp_path):
     assert partial["complete"] is False
     step = torch.load(first, weights_only=True)["global_step"]
     assert 4 <= step < 40
-    done = subprocess.run(
-        [*cmd, "resume=true"], env=env, capture_output=True, text=True, cwd=ROOT
-    )
+    done = subprocess.run([*cmd, "resume=true"], env=env, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"resuming task 1 from its mid-task checkpoint" in done.stdout
+    assert "resuming task 1 from its mid-task checkpoint" in done.stdout
     a = json.loads((full / "results.json").read_text())
     b = json.loads((out / "results.json").read_text())
     assert b["complete"] and a["matrix"] == b["matrix"]
