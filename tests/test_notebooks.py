@@ -1,11 +1,11 @@
-"""The notebooks run against runs the tests make, so they never rot. Code cells are executed in
-order in one namespace (what a kernel does), with the parameters cell overridden."""
+"""The notebooks run, in a real Jupyter kernel (nbclient), against runs the tests make, so they
+never rot; and the committed copies carry their outputs (issue 27, item 11)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
-import matplotlib
 import nbformat
 import pytest
 
@@ -13,34 +13,59 @@ from mcl.train import run
 from tests.conftest import MICRO, compose_cfg
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+_spec = importlib.util.spec_from_file_location("nb_execute", NOTEBOOKS / "execute.py")
+nb_execute = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(nb_execute)
 
 
-def execute(name: str, params: dict) -> dict:
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    cells = [c.source for c in nb.cells if c.cell_type == "code"]
-    assert cells[0].startswith("# parameters")
-    ns: dict = {}
-    exec(compile(cells[0], f"{name}[0]", "exec"), ns)
-    ns.update(params)
-    for i, src in enumerate(cells[1:], 1):
-        exec(compile(src, f"{name}[{i}]", "exec"), ns)
-    return ns
+def text_of(nb) -> str:
+    """Everything the executed notebook printed or displayed as text."""
+    out = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            out.append(o.get("text", "") or o.get("data", {}).get("text/plain", ""))
+    return "\n".join(out)
 
 
 @pytest.fixture(scope="module")
-def two_methods(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("nb")
-    for method in ["seq_lora", "zero_shot"]:
-        cfg = compose_cfg(tmp / method, [*MICRO, f"method={method}"])
-        run(cfg, Path(cfg.paths.output_dir))
-    return tmp
+def logs(tmp_path_factory):
+    """A logs directory as mcl writes it: one sweep of two methods (micro model)."""
+    logs = tmp_path_factory.mktemp("nb") / "logs"
+    sweep = logs / "multirun" / "2026-01-01_00-00-00"
+    for i, method in enumerate(["seq_lora", "zero_shot"]):
+        out = sweep / f"{i}_synth_{method}_s0"
+        cfg = compose_cfg(out, [*MICRO, f"method={method}", f"paths.output_dir={out}"])
+        run(cfg, out)
+    return logs
 
 
-def test_compare_methods_notebook_executes(two_methods, tmp_path):
-    matplotlib.use("Agg")
-    ns = execute("compare_methods.ipynb", {"RUN_DIRS": [str(two_methods)], "OUT": str(tmp_path)})
-    assert {g["method"] for g in ns["groups"]} == {"seq_lora", "zero_shot"}
+def test_compare_methods_notebook_executes(logs, tmp_path, monkeypatch):
+    sweep = next((logs / "multirun").iterdir())
+    nb = nb_execute.execute(
+        "compare_methods.ipynb", {"RUN_DIRS": [str(sweep)], "OUT": str(tmp_path)}
+    )
+    text = text_of(nb)
+    assert "| seq_lora |" in text and "| zero_shot |" in text
     assert (tmp_path / "matrices.png").stat().st_size > 0
     assert (tmp_path / "forgetting.png").stat().st_size > 0
-    # a curve per (method, task), starting at the task's own stage: 2 points for the first task
-    assert len(ns["curves"]) == 4 and len(ns["curves"][("seq_lora", "color")]) == 2
+    # by default it reads the newest sweep under the logs directory ($MCL_LOGS here)
+    monkeypatch.setenv("MCL_LOGS", str(logs))
+    assert "| seq_lora |" in text_of(nb_execute.execute("compare_methods.ipynb"))
+
+
+def test_quickstart_notebook_reads_the_newest_run(logs, monkeypatch):
+    monkeypatch.setenv("MCL_LOGS", str(logs))  # no hard-coded ../logs: found as mcl finds it
+    text = text_of(nb_execute.execute("quickstart.ipynb"))
+    assert "run: logs/multirun/2026-01-01_00-00-00/1_synth_zero_shot_s0" in text  # the newest
+    assert "0 (zero-shot)" in text and "data faults: none" in text
+    assert "after task 1:" in text
+
+
+@pytest.mark.parametrize("name", nb_execute.NOTEBOOKS)
+def test_committed_notebooks_carry_their_outputs(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert nb.metadata.get("keep_output") is True  # nbstripout (pre-commit) keeps them
+    assert all(c.outputs for c in code[1:]), "run python notebooks/execute.py"
+    assert not any(o.output_type == "error" for c in code for o in c.outputs)
+    assert "../logs" not in "".join(c.source for c in code)
