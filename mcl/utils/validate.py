@@ -305,12 +305,25 @@ def _check_paths(cfg: DictConfig) -> None:
     real = bool(root) and (source == "real" or Path(str(root)).expanduser().joinpath(
         "bench.json").exists())  # fmt: skip
     if real:
-        _check_bench_json(Path(str(root)).expanduser())
+        spec = _check_bench_json(Path(str(root)).expanduser())
+        names = [t["name"] for t in spec.get("tasks", []) + spec.get("unseen", [])]
+        _check_task_names(cfg, names, f"{Path(str(root)) / 'bench.json'}")
     elif source == "real" and not root:
         name = _get(cfg, "bench.name", "bench")
         raise ConfigError(f"bench.root=null: bench.source=real needs bench.root=/path/to/{name}")
     else:
         _check_dir("paths.data_dir", _get(cfg, "paths.data_dir"))
+        twin = _get(cfg, "bench.synthetic.twin", "synth")
+        if twin is not None and isinstance(_get(cfg, "bench.synthetic"), DictConfig):
+            from mcl.data import twins
+
+            try:
+                names = list(twins.recipes(str(twin)))
+            except (ValueError, ModuleNotFoundError):
+                raise ConfigError(
+                    f"bench.synthetic.twin={show(twin)}: expected one of {', '.join(twins.TWINS)}"
+                ) from None
+            _check_task_names(cfg, names, f"the {twin} twin")
     model_path = _get(cfg, "model.path")
     local = isinstance(model_path, str) and model_path.startswith(("/", "./", "../", "~"))
     if local and not Path(model_path).expanduser().exists():
@@ -318,6 +331,17 @@ def _check_paths(cfg: DictConfig) -> None:
             f"model.path={show(model_path)}: the path does not exist; download the checkpoint "
             "and set model.path (expected a local Hugging Face checkpoint directory)"
         )
+
+
+def _check_task_names(cfg: DictConfig, known: list[str], where: str) -> None:
+    for key in ("bench.tasks", "bench.unseen"):
+        names = _get(cfg, key) or []
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(
+                f"{key}={show(names)}: {', '.join(map(str, unknown))} not in {where}; expected "
+                f"names from: {', '.join(known)}"
+            )
 
 
 def _output_dir(cfg: DictConfig):
@@ -332,7 +356,7 @@ def _output_dir(cfg: DictConfig):
     return _get(cfg, "paths.output_dir")
 
 
-def _check_bench_json(root: Path) -> None:
+def _check_bench_json(root: Path) -> dict:
     path = root / "bench.json"
     where = f"bench.root={show(str(root))}"
     if not root.is_dir():
@@ -356,6 +380,7 @@ def _check_bench_json(root: Path) -> None:
     problem = _bench_spec_problem(spec)
     if problem:
         raise ConfigError(f"{where}: {path} {problem}; re-convert the benchmark")
+    return spec
 
 
 def _bench_spec_problem(spec) -> str | None:
