@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -48,6 +50,8 @@ def main(argv=None) -> None:
         nb = execute(name)
         nb.metadata["keep_output"] = True
         nbformat.write(nb, HERE / name)
+        # what the pre-commit hook would do (execution counts, timings, cell ids), outputs kept
+        subprocess.run([sys.executable, "-m", "nbstripout", str(HERE / name)], check=True)
         print(f"executed and saved {HERE / name}")
 
 
