@@ -42,8 +42,9 @@ class _Tee(io.TextIOBase):
     def close_line(self) -> None:
         """Write a pending partial line (a progress bar's last state) to the log."""
         with self.lock:
-            if self._line.strip("\r"):
-                self.log.write(self._line.rstrip("\r").rsplit("\r", 1)[-1] + "\n")
+            last = self._line.rstrip("\r").rsplit("\r", 1)[-1]
+            if last.strip():  # a bar that cleared itself leaves only spaces
+                self.log.write(last + "\n")
             self._line = ""
 
     def isatty(self) -> bool:

@@ -65,6 +65,7 @@ def test_tee_console_keeps_the_console_in_the_log(tmp_path, capsys):
         sys.stderr.write("task 2:  10%|#  | 1/10\rtask 2:  50%|#####  | 5/10\r")
         sys.stderr.write("task 2: 100%|##########| 10/10\n")
         print("error: something", file=sys.stderr)
+        sys.stderr.write("row 1:  40%\r" + " " * 20 + "\r")  # a bar that clears itself
         sys.stderr.write("eval:  30%\r")  # a bar cut off by the end of the run
     finally:
         restore()
