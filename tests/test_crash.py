@@ -138,3 +138,87 @@ def test_resume_inside_a_task_from_its_mid_task_checkpoint(tmp_path, monkeypatch
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["matrix"] == json.loads(json.dumps(full["matrix"]))
     assert not ckpt.parent.exists()  # removed once the task's own checkpoint is written
+
+
+# ------------------------------------------------ real file systems: full, and read-only midway
+def _tmpfs(path: Path, size_kb: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)])
+    if r.returncode != 0:
+        pytest.skip("mount is not permitted here")
+
+
+@pytest.fixture
+def mounts():
+    made: list[Path] = []
+    yield made
+    for m in reversed(made):
+        subprocess.run(["umount", "-l", str(m)])
+
+
+@pytest.fixture(scope="module")
+def micro_reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("micro_ref")
+    cfg = compose_cfg(tmp, MICRO)
+    return run(cfg, Path(cfg.paths.output_dir))
+
+
+@pytest.mark.parametrize("free_kb", [40, 90])
+def test_a_really_full_disk_stops_in_one_line_and_resume_finishes(
+    tmp_path, mounts, micro_reference, free_kb
+):
+    """The run directory on a tmpfs with only ``free_kb`` free: the run stops with ENOSPC in one
+    line wherever the disk fills (a prediction file, a checkpoint, results.json); after space
+    is freed, resume=true ends with the uninterrupted matrix."""
+    disk = tmp_path / "disk"
+    _tmpfs(disk, 512)
+    mounts.append(disk)
+    ballast = disk / "ballast"
+    ballast.write_bytes(b"\0" * (os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize))
+    ballast.write_bytes(b"\0" * (ballast.stat().st_size - free_kb * 1024))
+    out = disk / "run"
+    cfg = compose_cfg(tmp_path, MICRO)
+    with pytest.raises(OSError) as info:
+        run(cfg, out)
+    msg = user_error(info.value)
+    assert msg is not None and "\n" not in msg and "no space left" in msg.lower(), msg
+    assert not list(out.rglob("*.tmp")), "a half-written file was left behind"
+    if (out / "results.json").exists():  # what was written is whole
+        json.loads((out / "results.json").read_text())
+    ballast.unlink()  # space freed
+    res = run(compose_cfg(tmp_path, [*MICRO, "resume=true"]), out)
+    assert res["complete"] and res["matrix"] == json.loads(json.dumps(micro_reference["matrix"]))
+
+
+def test_a_directory_turning_read_only_midway_is_one_line_and_resumable(
+    tmp_path, mounts, micro_reference, monkeypatch
+):
+    """The file system goes read-only while task 2 trains (a remount, as after a disk error):
+    the run stops with one line naming the file, keeps task 1, and resumes once writable."""
+    from mcl.methods.base import ContinualMethod
+
+    disk = tmp_path / "disk"
+    _tmpfs(disk, 4096)
+    mounts.append(disk)
+    real, done = ContinualMethod.on_task_start, []
+
+    def remount_at_task_2(self, t, dm):
+        if t == 1 and not done:
+            done.append(1)
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        return real(self, t, dm)
+
+    monkeypatch.setattr(ContinualMethod, "on_task_start", remount_at_task_2)
+    out = disk / "run"
+    with pytest.raises(OSError) as info:
+        run(compose_cfg(tmp_path, MICRO), out)
+    msg = user_error(info.value)
+    assert msg.startswith("cannot write") and "Read-only file system" in msg, msg
+    assert "\n" not in msg and "resume=true" in msg
+    assert (out / "checkpoints" / "task00" / "state.json").exists()
+    monkeypatch.undo()
+    subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+    res = run(compose_cfg(tmp_path, [*MICRO, "resume=true"]), out)
+    assert res["matrix"] == json.loads(json.dumps(micro_reference["matrix"]))

@@ -96,7 +96,9 @@ class RunLock:
     def acquire(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         for _ in range(20):  # retried only when the file was swapped under us (released)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # read-only: flock needs no write access, and an open writer would keep the
+            # file system from being remounted read-only under a run
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)
             if fcntl is not None:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -133,10 +135,15 @@ class RunLock:
             "since": time.time(),
             "argv": sys.argv,
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
+        try:
+            with open(self.path, "w") as f:  # same inode: the flock stays on it
+                f.write(json.dumps(me) + "\n")
+                f.flush()
+                with contextlib.suppress(OSError):
+                    os.fsync(f.fileno())
+        except OSError:  # a full or read-only disk: give the lock back, report the error
+            self.release()
+            raise
         if self.took_over:
             print(
                 f"[mcl] {self.path}: the run that held it ({describe(self.took_over)}) is gone "
