@@ -227,6 +227,7 @@ class ContinualRunner:
         # per phase (eval, train, task_start, task_end): the devices it ran on
         self.devices: dict[str, list[str]] = {}
         self._device: torch.device | None = None
+        self._pending_row: int | None = None  # a task trained but not evaluated (preempted)
 
     # ------------------------------------------------------------------ placement
     @property
@@ -867,15 +868,17 @@ def find_resumable(out_dir: str | Path, config: dict, ignore=()) -> Path | None:
         keys = config_changes(rec["config"], config, ignore)
         if not keys and (d == out_dir or not rec.get("complete")):
             return d  # out_dir itself even when complete: nothing left to do there
-        if keys and not rec.get("complete") and mismatch is None:
-            mismatch = (d, rec["config"], keys)
-        if keys and d == out_dir:
+        if keys and d == out_dir:  # this very directory: never continue or reuse it
+            mismatch = (d, rec, keys)
             break
+        if keys and not rec.get("complete") and mismatch is None:
+            mismatch = (d, rec, keys)
     if mismatch is None:
         return None
-    d, old, keys = mismatch
+    d, rec, keys = mismatch
+    state = "finished" if rec.get("complete") else "unfinished"
     raise ConfigError(
-        f"resume=true: the unfinished run in {d} was started with other values of "
-        f"{_describe_changes(old, config, keys)}; rerun with its values to continue it, or "
-        "without resume=true to start a new run"
+        f"resume=true: the {state} run in {d} was started with other values of "
+        f"{_describe_changes(rec['config'], config, keys)}; rerun with its values to continue "
+        "it, or without resume=true in another directory to start a new run"
     )

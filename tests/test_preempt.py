@@ -232,3 +232,22 @@ def test_sigterm_to_python_m_mcl_train_exits_75_and_resume_finishes(tmp_path):
     b = json.loads((out / "results.json").read_text())
     assert b["complete"] and a["matrix"] == b["matrix"]
     _same_weights(full, out)
+
+
+def test_a_requeued_slurm_job_resumes_without_being_told(tmp_path, monkeypatch, reference):
+    """SLURM reruns a requeued job's command as it was: SLURM_RESTART_COUNT makes it resume."""
+    import mcl.train
+
+    _, ref = reference
+    cfg = compose_cfg(tmp_path, OVER)
+    out = Path(cfg.paths.output_dir)
+    _signal_at_step(monkeypatch, signal.SIGTERM, task=1, step=4)
+    with pytest.raises(SystemExit) as e:
+        mcl.train.main.__wrapped__(cfg)
+    assert e.value.code == preempt.EXIT_CODE
+    monkeypatch.undo()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    cfg = compose_cfg(tmp_path, OVER)  # resume=false, as first submitted
+    assert mcl.train.main.__wrapped__(cfg) == ref["metrics"]["last"]
+    res = json.loads((out / "results.json").read_text())
+    assert res["complete"] and res["matrix"] == json.loads(json.dumps(ref["matrix"]))

@@ -168,7 +168,11 @@ def test_a_changed_config_refuses_to_resume_naming_the_keys(tmp_path, monkeypatc
     assert "checkpoint_every" not in msg  # it does not change results
     assert not (parent / "b").exists()
     # the same directory with a changed config refuses too (never silently starts over)
-    with pytest.raises(ConfigError, match="train.steps"):
+    with pytest.raises(ConfigError, match="the unfinished run in .* train.steps"):
+        run(_hydra_like(parent, "a", over, tmp_path), parent / "a")
+    # and so does a finished run's directory (it used to hand back the old results as done)
+    run(_hydra_like(parent, "a", [*MICRO, "resume=true"], tmp_path), parent / "a")
+    with pytest.raises(ConfigError, match="the finished run in .* train.steps"):
         run(_hydra_like(parent, "a", over, tmp_path), parent / "a")
 
 
