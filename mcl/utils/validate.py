@@ -278,6 +278,8 @@ def unwritable(path: str | os.PathLike) -> str | None:
 def _check_dir(key: str, value) -> None:
     if value in (None, ""):
         return
+    if key in ("paths.cache_dir", "paths.data_dir") and Path(str(value)).expanduser().is_dir():
+        return  # an existing cache may be a read-only, prepared one: it is only read then
     why = unwritable(str(value))
     if why:
         how = {
