@@ -374,6 +374,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     set_threads(cfg.train.get("threads"))
     out_dir = choose_run_dir(cfg, Path(out_dir))
     lock = _claim(out_dir, bool(cfg.resume))
+    from mcl.console import tee_console
+
+    untee = tee_console(out_dir / "train.log")  # the console, progress bars at their last state
     try:
         from mcl.runner import run_record
 
@@ -388,11 +391,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             finally:
                 if "wandb" in sys.modules:  # one W&B run per job, also in multirun sweeps
                     sys.modules["wandb"].finish()
+        print(runner.summary(results))
+        print(f"[mcl] results in {runner.out}")
     finally:
+        untee()
         if lock is not None:
             lock.release()
-    print(runner.summary(results))
-    print(f"[mcl] results in {runner.out}")
     return results
 
 
@@ -425,6 +429,11 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli(argv: list[str]) -> None:
     """``python -m mcl.train``: the command line checked before Hydra creates anything."""
+    if {"--help", "-h"} & set(argv):  # mcl's own help, not Hydra's generic text
+        from mcl.help import help_text
+
+        print(help_text())
+        sys.exit(0)
     try:
         check_overrides(argv)
         precheck(argv)

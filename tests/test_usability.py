@@ -44,11 +44,6 @@ def test_python_m_mcl_help_prints_it():
     assert r.returncode == 0 and "Config groups" in r.stdout and "seq_lora" in r.stdout
 
 
-@pytest.mark.xfail(
-    reason="needs the three --help lines in mcl/train.py's __main__ (owned by the run-lifecycle "
-    "work); remove this mark once they are in",
-    strict=False,
-)
 def test_train_help_is_mcls_not_hydras():
     r = subprocess.run(
         [sys.executable, "-m", "mcl.train", "--help"], capture_output=True, text=True, cwd=ROOT
@@ -89,3 +84,13 @@ def test_extras_declare_what_the_readme_and_the_notebooks_need():
     assert "wandb" in names["wandb"] and "wandb" in names["dev"]
     assert {"nbclient", "ipykernel", "nbformat"} <= names["dev"]
     assert {"jupyterlab", "ipykernel"} <= names["notebooks"]
+
+
+def test_a_run_keeps_its_console_in_train_log(tmp_path):
+    from mcl.train import run
+    from tests.conftest import MICRO, compose_cfg
+
+    cfg = compose_cfg(tmp_path, [*MICRO, "method=seq_lora"])
+    run(cfg, Path(cfg.paths.output_dir))
+    log = (Path(cfg.paths.output_dir) / "train.log").read_text()
+    assert "[mcl] results in" in log and "Last" in log  # the summary and the matrix
