@@ -65,12 +65,36 @@ class _Tee(io.TextIOBase):
         return getattr(self.stream, name)
 
 
+class _AppendLog:
+    """The log file, opened for each line and closed again: a run holds no file open in its
+    directory (a file system can then be remounted read-only under it, and the console log
+    never stops a run: a line that cannot be written is dropped)."""
+
+    def __init__(self, path: Path):
+        self.path, self.closed = path, False
+
+    def write(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
+                f.write(text)
+        except OSError:
+            pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def tee_console(path: str | os.PathLike):
-    """From now on, copy stdout and stderr into ``path`` (appended, line-buffered), until the
+    """From now on, copy stdout and stderr into ``path`` (appended line by line), until the
     returned function is called (or the process exits). Returns that restore function."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)  # noqa: SIM115
+    log = _AppendLog(path)
     lock = threading.Lock()
     old = sys.stdout, sys.stderr
     tees = _Tee(sys.stdout, log, lock), _Tee(sys.stderr, log, lock)
