@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from mcl.models.hf import DTYPES, FAMILIES, processor_class, wrap_hf
+from mcl.models.hf import FAMILIES, model_dtype, processor_class, wrap_hf
 from mcl.models.mllm import MLLM
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -283,14 +283,6 @@ def load_config(
     return model_class(family).config_class.from_dict(d)
 
 
-def _dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}; choose one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
-
-
 def build_arch(
     preset: str,
     device: str | torch.device = "meta",
@@ -308,7 +300,7 @@ def build_arch(
     if torch.device(device).type != "meta":
         torch.manual_seed(seed)
     with torch.device(device):
-        model = cls._from_config(config, dtype=_dtype(dtype))
+        model = cls._from_config(config, dtype=model_dtype(dtype))
     return model.eval()
 
 

@@ -29,6 +29,17 @@ import torch
 from mcl.models.mllm import MLLM
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def model_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The torch dtype that ``model.dtype`` names (a torch dtype passes through)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
 # family -> (model class, processor class, config.json model_type) in transformers
 FAMILIES = {
     "llava": ("LlavaForConditionalGeneration", "LlavaProcessor", "llava"),
@@ -186,12 +197,11 @@ def load_hf(
 
     _check_family(family)
     p = check_model_dir(path)
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r}; choose one of {sorted(DTYPES)}")
+    torch_dtype = model_dtype(dtype)  # a bad value fails before anything is read
     _check_model_type(p, family)
     processor = load_processor(p, family, **(processor_kwargs or {}))
     cls = getattr(transformers, FAMILIES[family][0])
-    model = cls.from_pretrained(p, dtype=DTYPES[dtype], local_files_only=True)
+    model = cls.from_pretrained(p, dtype=torch_dtype, local_files_only=True)
     model.eval()
     mllm = wrap_hf(model, processor, family, name=name, info={"path": str(p)}, xmodal=xmodal)
     mllm.set_gradient_checkpointing(gradient_checkpointing)

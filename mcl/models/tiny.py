@@ -311,14 +311,6 @@ def instruct_tune(
     return _fit(mllm, next_batch, steps, lr, warmup, seed, min_lr_ratio, desc, progress)
 
 
-def model_dtype(name: str) -> torch.dtype:
-    from mcl.models.hf import DTYPES
-
-    if name not in DTYPES:
-        raise ValueError(f"model.dtype={name!r}; choose one of {sorted(DTYPES)}")
-    return DTYPES[name]
-
-
 def load_tiny_base(
     text: dict,
     vision: dict,
@@ -364,6 +356,8 @@ def load_tiny_base(
     mllm.xmodal_cfg = xmodal
     mllm.name = name
     # the cached base is fp32; a half-precision copy is how a 7B base arrives (model.dtype)
+    from mcl.models.hf import model_dtype
+
     mllm.model.to(model_dtype(dtype))
     mllm.set_gradient_checkpointing(gradient_checkpointing)
     return mllm
