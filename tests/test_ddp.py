@@ -23,9 +23,8 @@ DDP = [o for o in MICRO if not o.startswith("train.steps")] + [
 ]
 
 
-def test_ddp_cpu_splits_the_data_and_keeps_the_results_contract(tmp_path, monkeypatch):
-    seen = tmp_path / "seen"
-    seen.mkdir()
+def record_ranks(monkeypatch, seen: Path) -> None:
+    """Each forked rank appends the samples it trains on to ``seen/rank<r>.txt``."""
     real = ChatCollator.train_batch
 
     def record(self, samples):  # runs inside the forked ranks
@@ -35,6 +34,12 @@ def test_ddp_cpu_splits_the_data_and_keeps_the_results_contract(tmp_path, monkey
         return real(self, samples)
 
     monkeypatch.setattr(ChatCollator, "train_batch", record)
+
+
+def test_ddp_cpu_splits_the_data_and_keeps_the_results_contract(tmp_path, monkeypatch):
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    record_ranks(monkeypatch, seen)
     cfg = compose_cfg(tmp_path, DDP)
     out = Path(cfg.paths.output_dir)
     results = run(cfg, out)

@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mcl.models.mllm import ChatCollator
 from mcl.train import run
 from tests.conftest import MICRO, compose_cfg
+from tests.test_ddp import record_ranks
 
 # 128 samples in 2 shards, batch 8, 2 ranks: 8 steps = one epoch
 BASE = [o for o in MICRO if not o.startswith("train.steps")] + [
@@ -39,22 +39,10 @@ def _assert_same(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
-def _record_ranks(monkeypatch, seen: Path) -> None:
-    real = ChatCollator.train_batch
-
-    def record(self, samples):  # runs inside the forked ranks
-        if torch.distributed.is_initialized():
-            with open(seen / f"rank{torch.distributed.get_rank()}.txt", "a") as f:
-                f.writelines(f"{s['task']}/{s['key']}\n" for s in samples if s)
-        return real(self, samples)
-
-    monkeypatch.setattr(ChatCollator, "train_batch", record)
-
-
 def test_fsdp_cpu_splits_the_data_and_returns_the_full_weights(tmp_path, monkeypatch):
     seen = tmp_path / "seen"
     seen.mkdir()
-    _record_ranks(monkeypatch, seen)
+    record_ranks(monkeypatch, seen)
     cfg = compose_cfg(tmp_path, [*FSDP, "method=seq_lora"])
     out = Path(cfg.paths.output_dir)
     results = run(cfg, out)
