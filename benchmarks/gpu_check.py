@@ -58,6 +58,43 @@ def overrides(args, tmp: Path) -> list[str]:
     ]
 
 
+def track_phase_peaks(runner) -> dict[str, float]:
+    """Peak GPU memory (GB) per phase of the run (eval, task_start, train, task_end), so a
+    peak above the plan can be traced to training or to boundary work. The runner announces
+    each phase as it starts (``ran_on``); the peak since the last announcement is the last
+    phase's."""
+    import torch
+
+    peaks: dict[str, float] = {}
+    current = [None]
+    announce = runner.ran_on
+
+    def ran_on(phase: str) -> None:
+        if current[0] is not None:
+            gb = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            peaks[current[0]] = max(peaks.get(current[0], 0.0), gb)
+        torch.cuda.reset_peak_memory_stats()
+        current[0] = phase
+        if phase != "end":
+            announce(phase)
+
+    runner.ran_on = ran_on
+    return peaks
+
+
+def versions() -> dict[str, str]:
+    """The package versions that shape a GPU run's numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "lightning", "transformers", "peft"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
 def check(method: str, args, tmp: Path) -> dict:
     import torch
     from hydra import compose, initialize_config_dir
@@ -93,10 +130,13 @@ def check(method: str, args, tmp: Path) -> dict:
     try:
         runner = build(cfg, Path(cfg.paths.output_dir))
         built = time.time() - t0
+        phase_peaks = track_phase_peaks(runner) if gpu else {}
         trainable = {str(p.dtype) for p in runner.method.parameters() if p.requires_grad}
         with contextlib.redirect_stdout(io.StringIO()):
             res = runner.run()
         trainable |= {str(p.dtype) for p in runner.method.parameters() if p.requires_grad}
+        if gpu:
+            runner.ran_on("end")  # closes the last phase's peak
     finally:
         ChatCollator.train_batch = real
     train_s = sum(res["timings"]["train_s"])
@@ -107,7 +147,8 @@ def check(method: str, args, tmp: Path) -> dict:
         "build_s": round(built, 1),
         "s_per_step": round(train_s / steps, 3),
         "train_tokens_per_s": round(tokens[0] / train_s, 1),
-        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
+        "peak_memory_gb": max(phase_peaks.values(), default=None),
+        "peak_memory_gb_by_phase": phase_peaks,
         "boundary_s": res["timings"].get("boundary_s"),
         "eval_s": res["timings"]["eval_s"],
         "total_s": round(time.time() - t0, 1),
@@ -117,6 +158,63 @@ def check(method: str, args, tmp: Path) -> dict:
         "gradient_checkpointing": args.checkpointing,
         "overrides": extra,
     }
+
+
+BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
+
+
+def planned_gb(report: dict, method: str) -> float:
+    """What ``python -m mcl.plan`` predicts for this row (one GPU, the run's checkpointing)."""
+    from mcl.plan import plans
+
+    a = report["args"]
+    overrides = [f"model={report['model']}", f"method={method}", f"train.batch_size={a['batch']}"]
+    overrides += ["bench.tasks=[color,position]", "bench.unseen=[]"]
+    overrides += [f"model.gradient_checkpointing={str(a['checkpointing']).lower()}"]
+    ((plan, _),) = plans(overrides)
+    gpu = next(r for r in plan.memory if r["hardware"] == "gpu")
+    return gpu["total_ckpt" if a["checkpointing"] else "total"] / 1e9
+
+
+def render(report: dict) -> str:
+    """The Markdown block docs/gpu.md shows for a committed gpu_check JSON."""
+    a, v = report["args"], report.get("versions", {})
+    lines = [
+        f"Measured on one **{report['device']}** with "
+        + ", ".join(f"{k} {x}" for k, x in v.items())
+        + f": `{report['model']}` with random weights in bf16 (`bf16-mixed`), {a['steps']} steps "
+        f"per task of batch {a['batch']} on two synthetic tasks, gradient checkpointing "
+        f"{'on' if a['checkpointing'] else 'off'}. Planned GB is `python -m mcl.plan` for the "
+        "same model, method and batch on one GPU.",
+        "",
+        "| method | s / step | train tokens / s | peak GB | planned GB | peak / plan "
+        "| boundary s (per task) | every phase on the GPU | trainable fp32 |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for r in report["methods"]:
+        if "error" in r or "skipped" in r:
+            lines.append(f"| {r['method']} | failed: {r.get('error') or r['skipped']} |")
+            continue
+        plan = planned_gb(report, r["method"])
+        peak = r["peak_memory_gb"] * 2**30 / 1e9  # GiB -> GB, the plan's unit
+        on_gpu = all("cuda" in d for ds in r["devices"].values() for d in ds)
+        fp32 = r["trainable_dtypes"] == ["torch.float32"]
+        note = f" ({', '.join(r['overrides'])})" if r.get("overrides") else ""
+        lines.append(
+            f"| {r['method']}{note} | {r['s_per_step']:.2f} | {r['train_tokens_per_s']:.0f} "
+            f"| {peak:.1f} | {plan:.1f} | {peak / plan:.2f} "
+            f"| {', '.join(str(b) for b in r['boundary_s'])} "
+            f"| {'yes' if on_gpu else 'no'} | {'yes' if fp32 else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    """Replace the block between the markers in ``path`` with :func:`render`'s."""
+    text = path.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n{render(report)}{END}{tail}")
 
 
 def main() -> int:
@@ -132,7 +230,16 @@ def main() -> int:
     p.add_argument("--vocab", type=int, default=None, help="a smaller vocabulary (real: all)")
     p.add_argument("--budget-s", type=float, default=480, help="skip what would start after this")
     p.add_argument("--out", default="gpu_check.json")
+    p.add_argument("--render", default=None, help="a gpu_check JSON to render instead of running")
+    p.add_argument("--markdown", default=None, help="with --render: the page whose block to rewrite")
     a = p.parse_args()
+    if a.render:
+        report = json.loads(Path(a.render).read_text())
+        if a.markdown:
+            write_markdown(report, Path(a.markdown))
+        else:
+            print(render(report), end="")
+        return 0
 
     import torch
 
@@ -140,7 +247,8 @@ def main() -> int:
         print("error: no CUDA device; run this on a GPU machine (or --device cpu)", file=sys.stderr)
         return 2
     name = torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu"
-    report = {"device": name, "model": a.model, "args": vars(a), "methods": []}
+    report = {"device": name, "versions": versions(), "model": a.model, "args": vars(a)}
+    report["methods"] = []
     start, failed = time.time(), 0
     for m in a.methods.split(","):
         if time.time() - start > a.budget_s:

@@ -42,3 +42,43 @@ def test_gpu_check_refuses_a_machine_without_cuda_in_one_line(tmp_path):
         cwd=tmp_path,
     )
     assert p.returncode == 2 and "no CUDA device" in p.stderr
+
+
+def test_the_gpu_page_is_generated_from_the_committed_run():
+    """docs/gpu.md's measured table is what ``gpu_check.py --render`` makes of the committed
+    JSON (numbers users read are generated, not pasted)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    report = json.loads((ROOT / "docs" / "results" / "gpu" / "h100_gpu_check.json").read_text())
+    page = (ROOT / "docs" / "gpu.md").read_text()
+    block = page.split(gpu_check.BEGIN, 1)[1].split(gpu_check.END, 1)[0]
+    assert block == "\n" + gpu_check.render(report), (
+        "docs/gpu.md differs from its JSON: run python benchmarks/gpu_check.py --render "
+        "docs/results/gpu/h100_gpu_check.json --markdown docs/gpu.md"
+    )
+    assert all(r["ok"] for r in report["methods"])  # the run it shows passed
+
+
+def test_phase_peaks_attribute_each_peak_to_the_phase_that_made_it(monkeypatch):
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    allocated = iter([10 * 2**30, 30 * 2**30, 20 * 2**30])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: next(allocated))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
+
+    class Runner:
+        seen: list = []
+
+        def ran_on(self, phase):
+            self.seen.append(phase)
+
+    runner = Runner()
+    peaks = gpu_check.track_phase_peaks(runner)
+    for phase in ("eval", "train", "eval", "end"):
+        runner.ran_on(phase)
+    assert peaks == {"eval": 20.0, "train": 30.0}  # the larger of eval's two peaks
+    assert Runner.seen == ["eval", "train", "eval"]  # the runner still records its phases
