@@ -231,7 +231,7 @@ def main() -> int:
     p.add_argument("--budget-s", type=float, default=480, help="skip what would start after this")
     p.add_argument("--out", default="gpu_check.json")
     p.add_argument("--render", default=None, help="a gpu_check JSON to render instead of running")
-    p.add_argument("--markdown", default=None, help="with --render: the page whose block to rewrite")
+    p.add_argument("--markdown", default=None, help="with --render: the page to rewrite")
     a = p.parse_args()
     if a.render:
         report = json.loads(Path(a.render).read_text())
