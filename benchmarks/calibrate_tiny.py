@@ -14,8 +14,8 @@ import time
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 
-from mcl.data import tasks as T
-from mcl.data import world as W
+from mcl.data.synthetic import tasks as T
+from mcl.data.synthetic import world as W
 from mcl.eval.scorers import build_scorer
 from mcl.models import tiny
 

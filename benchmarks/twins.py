@@ -20,7 +20,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from mcl.config import CONF_DIR
-from mcl.data import synth
+from mcl.data.synthetic import synth
 
 HERE = Path(__file__).parent
 

@@ -260,7 +260,7 @@ def attach_modalities(mllm, bench) -> None:
     wanted = {t.get("modality", "image") for t in bench.tasks + bench.unseen} - {"image"}
     xcfg = _container(getattr(mllm, "xmodal_cfg", None)) or {}
     if wanted and xcfg.get("enabled", False):
-        from mcl.data.world_av import MODALITIES
+        from mcl.data.schema import MODALITIES
         from mcl.models.xmodal import attach_xmodal
 
         try:

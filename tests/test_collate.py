@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mcl.data import tasks as T
-from mcl.data import world as W
+from mcl.data.synthetic import tasks as T
+from mcl.data.synthetic import world as W
 from mcl.models.mllm import IGNORE_INDEX
 from mcl.models.tiny import build_tiny
 

@@ -22,8 +22,8 @@ from mcl.data.convert import (
     main,
     split_questions,
 )
+from mcl.data.schema import sample_instruction
 from mcl.data.shards import read_shards
-from mcl.data.tasks import sample_instruction
 from mcl.methods.smolora import route_text
 
 FIXTURE = Path(__file__).parent / "fixtures" / "llava" / "train.json"

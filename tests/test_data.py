@@ -9,11 +9,11 @@ import tarfile
 
 import pytest
 
-from mcl.data import synth
 from mcl.data.bench import Benchmark, BenchmarkError
 from mcl.data.datamodule import ContinualDataModule
 from mcl.data.shards import BadSample, decode_sample, read_shards
-from mcl.data.tasks import RECIPES
+from mcl.data.synthetic import synth
+from mcl.data.synthetic.tasks import RECIPES
 from mcl.models.tiny import build_tiny
 from tests.test_collate import TEXT, VISION
 
@@ -61,7 +61,7 @@ def test_round_trip_matches_the_generator(bench_dir):
     samples = read_shards(bench.shard_paths(spec, "train"))
     assert len(samples) == 40
     assert [s["key"] for s in samples] == [f"count-train-{i:06d}" for i in range(40)]
-    from mcl.data import world as W
+    from mcl.data.synthetic import world as W
 
     for i in (0, 17, 39):  # decoded sample == regenerated sample, pixel for pixel
         ref = RECIPES["count"].sample(W.sample_rng(0, "count", "train", i))

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mcl.data import synth
 from mcl.data.bench import Benchmark
 from mcl.data.datamodule import ContinualDataModule, DataError
 from mcl.data.shards import CAUSES, BadSample, decode_sample, read_shards, scan_shard
+from mcl.data.synthetic import synth
 from mcl.models.tiny import build_tiny
 from tests.test_collate import TEXT, VISION
 

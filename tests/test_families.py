@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerFast
 from mcl.adapters.moe_lora import MoELoRALinear
 from mcl.adapters.smolora import SMoLoRALinear
 from mcl.config import CONF_DIR, ConfigError
-from mcl.data import tasks as T
+from mcl.data.synthetic import tasks as T
 from mcl.models.hf import FAMILIES, load_hf, load_llava, processor_class, wrap_hf
 from mcl.models.mllm import IGNORE_INDEX, model_inputs
 from mcl.models.tiny import IMAGE_MEAN, IMAGE_STD, SPECIALS, build_tiny, pre_tokenizer, words_of

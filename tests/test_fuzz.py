@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mcl.data.convert import UserError, convert, resolve_image
+from mcl.data.schema import MODALITIES
 from mcl.data.shards import BadSample, decode_sample, encode_wav, read_shards
-from mcl.data.world_av import MODALITIES
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mcl import plan as P
 from mcl.config import CONF_DIR
-from mcl.data import tasks as T
+from mcl.data.synthetic import tasks as T
 from mcl.models import arch
 from mcl.models.hf import FAMILIES
 from mcl.models.mllm import model_inputs

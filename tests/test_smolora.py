@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mcl.adapters.smolora import SMoLoRALinear
-from mcl.data import twins
 from mcl.data.bench import Benchmark
 from mcl.data.datamodule import ContinualDataModule
-from mcl.data.tasks import instruction_text
+from mcl.data.schema import instruction_text
+from mcl.data.synthetic import twins
 from mcl.methods.smolora import SMoLoRA, instruction_of, route_text
 from mcl.models.mllm import model_inputs
 from mcl.models.tiny import build_tiny

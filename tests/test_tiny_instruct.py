@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from mcl.data import twins
+from mcl.data.synthetic import twins
 from mcl.models import tiny
 from tests.conftest import compose_cfg
 

@@ -9,10 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from mcl.config import CONF_DIR
-from mcl.data import tasks as T
-from mcl.data import twins
-from mcl.data import world as W
-from mcl.data.twins import _common as C
+from mcl.data.synthetic import tasks as T
+from mcl.data.synthetic import twins
+from mcl.data.synthetic import world as W
+from mcl.data.synthetic.twins import _common as C
 from mcl.eval.scorers import iou_score, parse_box
 from mcl.models.tiny import pre_tokenizer, words_of
 
@@ -219,7 +219,7 @@ def test_clmm_similar_pairs_share_format():
 @pytest.mark.parametrize("twin", TWINS)
 def test_generate_a_small_twin(tmp_path, twin):
     from mcl.data.shards import read_shards
-    from mcl.data.synth import generate
+    from mcl.data.synthetic.synth import generate
 
     cfg = _bench(twin)
     out = generate(
@@ -241,7 +241,7 @@ def test_multiple_choice_options_are_fixed():
 
 
 def test_scienceqa_key_is_the_nth_option_for_n_shapes():
-    from mcl.data.twins import cvit
+    from mcl.data.synthetic.twins import cvit
 
     for i in range(40):
         image, fill, letter = cvit.RECIPES["scienceqa"].make(W.sample_rng(0, "sqa", "train", i))
@@ -252,7 +252,7 @@ def test_scienceqa_key_is_the_nth_option_for_n_shapes():
 
 
 def test_gqa_relations_point_the_right_way():
-    from mcl.data.twins import cvit
+    from mcl.data.synthetic.twins import cvit
 
     for i in range(200):
         objs, anchor, rel, other = cvit._related_pair(W.sample_rng(0, "gqa-rel", "train", i))
@@ -267,7 +267,7 @@ def test_gqa_relations_point_the_right_way():
 
 
 def test_kvqa_answers_come_from_the_story():
-    from mcl.data.twins import dmole
+    from mcl.data.synthetic.twins import dmole
 
     for s in _samples(dmole.RECIPES["kvqa"], n=100):
         entity = next(e for e in dmole.STORY if f"the {e} " in s.question)

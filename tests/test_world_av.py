@@ -1,4 +1,5 @@
-"""The non-image synthetic world: generators, renderings, shard round trips and the mcl twin."""
+"""The non-image synthetic world: generators, their renderings (``mcl.data.render``), shard
+round trips and the mcl twin."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcl.data import world as W
-from mcl.data import world_av as A
+from mcl.data import render as R
+from mcl.data import schema as S
 from mcl.data.shards import BadSample, decode_sample, make_record, read_shards, write_shards
-from mcl.data.twins import recipes
+from mcl.data.synthetic import world as W
+from mcl.data.synthetic import world_av as A
+from mcl.data.synthetic.twins import recipes
 
 GENERATORS = {
     "video": A.make_video,
@@ -27,7 +30,7 @@ def _rng(task: str, i: int, split: str = "train", seed: int = 0):
 
 
 def _bytes(payload) -> bytes:
-    if isinstance(payload, A.RGBD):
+    if isinstance(payload, S.RGBD):
         return payload.rgb.tobytes() + payload.depth.tobytes()
     return np.asarray(payload).tobytes()
 
@@ -47,7 +50,7 @@ def test_generators_are_deterministic(modality):
     for i in range(5):
         (p1, info1), (p2, info2) = gen(_rng(modality, i)), gen(_rng(modality, i))
         assert _bytes(p1) == _bytes(p2) and info1 == info2
-        assert A.infer_modality(p1) == modality
+        assert S.infer_modality(p1) == modality
     other = [_bytes(gen(_rng(modality, i, seed=1))[0]) for i in range(5)]
     assert other != [_bytes(gen(_rng(modality, i))[0]) for i in range(5)]
 
@@ -79,7 +82,7 @@ def test_video_render_shows_where_the_shape_went():
     renders = {}
     for i in range(80):
         frames, info = A.make_video(_rng("video", i), kind="move")
-        img = A.as_image("video", frames)
+        img = R.as_image("video", frames)
         assert img.size == (48, 48) and img.mode == "RGB"
         # the end cell holds the solid shape, the start cell only a faint ghost
         ink_end = 255 - _cell_patch(img, info["end_cell"]).mean()
@@ -101,7 +104,7 @@ def test_audio_ground_truth_is_in_the_waveform():
     for i in range(40):
         wave, info = A.make_audio(_rng("audio", i))
         assert wave.dtype == np.float32 and wave.ndim == 1
-        assert len(wave) == int(A.SAMPLE_RATE * A.CLIP_SECONDS) <= A.SAMPLE_RATE
+        assert len(wave) == int(S.SAMPLE_RATE * A.CLIP_SECONDS) <= S.SAMPLE_RATE
         assert np.abs(wave).max() < 1
         # on the 16-bit grid: a WAV stores it exactly
         assert np.array_equal(np.round(wave.astype(np.float64) * 32768) / 32768, wave)
@@ -112,12 +115,12 @@ def test_audio_ground_truth_is_in_the_waveform():
             (info["onsets"][0], info["offsets"][0]),
             (info["onsets"][-1], info["offsets"][-1]),
         ]:
-            seg = wave[int(a * A.SAMPLE_RATE) : int(b * A.SAMPLE_RATE)]
+            seg = wave[int(a * S.SAMPLE_RATE) : int(b * S.SAMPLE_RATE)]
             if info["n_beeps"] == 1:  # one beep: compare its first and last fifth
                 k = len(seg) // 5
                 seg = seg[:k] if not f else seg[-k:]
             spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg))))
-            f.append(np.fft.rfftfreq(len(seg), 1 / A.SAMPLE_RATE)[spec.argmax()])
+            f.append(np.fft.rfftfreq(len(seg), 1 / S.SAMPLE_RATE)[spec.argmax()])
         assert (f[1] > f[0]) == (info["contour"] == "rising")
         lo, hi = A.REGISTERS[info["register"]]
         assert all(lo * 0.8 < x < hi * 1.1 for x in f)
@@ -129,13 +132,13 @@ def _ink_rows(img: Image.Image, cols: slice) -> float:
 
 
 def test_audio_grid_view_draws_measured_beeps_register_and_contour():
-    from mcl.data import world as W
+    from mcl.data.synthetic import world as W
 
     for i in range(80):
         wave, info = A.make_audio(_rng("audio", i))
-        f = A.audio_features(wave)  # measured from the waveform, not taken from ``info``
+        f = R.audio_features(wave)  # measured from the waveform, not taken from ``info``
         assert f == {k: info[k] for k in ("n_beeps", "register", "contour")}
-        img = np.asarray(A.as_image("audio", wave))
+        img = np.asarray(R.as_image("audio", wave))
         colour = np.array(W.COLOURS["red" if info["contour"] == "rising" else "blue"])
         cells = [c for c in range(9) if (img[c // 3 * 16 + 8, c % 3 * 16 + 8] == colour).all()]
         assert len(cells) == info["n_beeps"]
@@ -147,7 +150,7 @@ def test_audio_spectrogram_shows_contour_register_and_beeps():
     seen = {}
     for i in range(60):
         wave, info = A.make_audio(_rng("audio", i))
-        img = A.render_audio(wave)
+        img = R.render_audio(wave)
         assert img.size == (48, 48) and img.mode == "RGB"
         a, b = info["onsets"][0], info["offsets"][-1]
         x0, x1 = int(a / A.CLIP_SECONDS * 48), int(b / A.CLIP_SECONDS * 48)
@@ -180,7 +183,7 @@ def test_depth_nearest_object_has_the_smallest_depth_and_is_darkest():
         assert at == [round(o["depth"] * A.DEPTH_SCALE) for o in objs]
         near = info["nearest"]
         assert at[near] == min(at) < round(A.WALL_DEPTH * A.DEPTH_SCALE)
-        img = np.asarray(A.as_image("depth", rgbd))
+        img = np.asarray(R.as_image("depth", rgbd))
         ink = [255 - img[r * 16 + 8, c * 16 + 8, 0] for r, c in centre]
         assert ink[near] == 255 and sorted(ink, reverse=True)[1] < 255  # nearest = black
         assert img[0, 0, 0] == 255 or any(o["cell"] == 0 for o in objs)  # the wall is white
@@ -235,7 +238,7 @@ def test_point_render_is_a_canonical_view(shape):
     masks = []
     for seed in (1, 2):
         rot = A.random_rotation(np.random.default_rng(seed))
-        img = A.as_image("points", (canon @ rot.T).astype(np.float32))
+        img = R.as_image("points", (canon @ rot.T).astype(np.float32))
         assert img.size == (48, 48) and img.mode == "RGB"
         masks.append(np.asarray(img)[..., 0] < 255)
     iou = (masks[0] & masks[1]).sum() / (masks[0] | masks[1]).sum()
@@ -244,7 +247,7 @@ def test_point_render_is_a_canonical_view(shape):
 
 def test_point_renders_differ_between_solids():
     views = {
-        s: np.asarray(A.as_image("points", A.make_points(_rng("p", 0), s)[0])) for s in A.SOLIDS
+        s: np.asarray(R.as_image("points", A.make_points(_rng("p", 0), s)[0])) for s in A.SOLIDS
     }
     for a in A.SOLIDS:
         for b in A.SOLIDS:
@@ -287,7 +290,7 @@ def test_every_modality_round_trips_through_a_shard(tmp_path):
             assert s["rgb"].tobytes() == payload.rgb.tobytes()
         else:
             assert s["payload"].dtype == payload.dtype and np.array_equal(s["payload"], payload)
-        want = A.as_image(modality, payload)
+        want = R.as_image(modality, payload)
         assert s["image"].tobytes() == want.tobytes()
 
 
@@ -365,14 +368,14 @@ def test_mcl_twin_tasks_templates_and_modalities():
         for i in range(60):
             for heldout in (False, True):
                 s = r.sample(_rng(name, i, "test"), heldout=heldout)
-                assert A.infer_modality(s.image) == r.modality
+                assert S.infer_modality(s.image) == r.modality
                 assert "{" not in s.question and s.answer and len(s.answer.split()) <= 2
                 assert s.refs == [s.answer] and s.meta["template"] == (
                     "heldout" if heldout else "train"
                 )
                 answers.add(s.answer)
                 kinds.add(s.meta.get("kind"))
-                img = A.as_image(r.modality, s.image)
+                img = R.as_image(r.modality, s.image)
                 assert img.size == (48, 48) and img.mode == "RGB"
         # every answer word is declared (templates + vocab), so the tokenizer knows it
         words = " ".join(r.train_templates + r.heldout_templates + r.vocab).split()
@@ -419,11 +422,13 @@ def test_mcl_twin_answers_match_the_generators():
         assert s.answer == target.colour and f"{target.position}" in s.question
 
 
-def test_draw_shape_matches_the_image_world():
-    from PIL import ImageDraw
-
-    for shape in W.SHAPES:
-        obj = W.Obj(shape, "green", cell=4, size=12)
-        img = Image.new("RGB", (48, 48), (255, 255, 255))
-        A.draw_shape(ImageDraw.Draw(img), shape, *obj.origin, 12, W.COLOURS["green"], (0, 0, 0))
-        assert img.tobytes() == W.draw_objects([obj]).tobytes()
+def test_audio_grid_is_drawn_in_the_image_world():
+    """The audio view is the world's squares (what the tiny tower reads): one per beep, the row
+    by register, the colour by contour, exactly as the image world draws them."""
+    for i in range(12):
+        wave, _ = A.make_audio(_rng("audio", i))
+        f = R.audio_features(wave)
+        colour = "red" if f["contour"] == "rising" else "blue"
+        cells = {"high": [0, 1, 2, 4], "low": [6, 7, 8, 4]}[f["register"]][: f["n_beeps"]]
+        want = W.draw_objects([W.Obj("square", colour, c) for c in cells])
+        assert R.render_audio_grid(wave).tobytes() == want.tobytes()

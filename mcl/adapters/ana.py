@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcl.data.world_av import MODALITIES
+from mcl.data.schema import MODALITIES
 
 
 class UniAdapter(nn.Module):

@@ -28,7 +28,7 @@ class Benchmark:
         if not path.exists():
             raise BenchmarkError(
                 f"no bench.json under {self.root}; generate the synthetic twin with "
-                "`python -m mcl.data.synth` or convert real data first"
+                "`python -m mcl.data.synthetic.synth` or convert real data first"
             )
         self.spec = json.loads(path.read_text())
         self.name = self.spec["name"]
@@ -80,8 +80,6 @@ def prepare(cfg, data_dir: str | Path, progress: bool = True) -> Benchmark:
     ``auto`` uses real shards when ``bench.root`` holds a ``bench.json`` and otherwise the
     synthetic twin, printing one banner that says so; the result records which source ran.
     """
-    from mcl.data import synth  # the generator is only needed when no real data is used
-
     source = cfg.get("source", "auto")
     if source not in ("auto", "real", "synthetic"):
         raise BenchmarkError(f"bench.source={source!r}; choose auto, real or synthetic")
@@ -99,6 +97,8 @@ def prepare(cfg, data_dir: str | Path, progress: bool = True) -> Benchmark:
             "SYNTHETIC twin (results are marked data_source=synthetic). To use real data, "
             "convert it to shards and pass bench.root=<dir with bench.json>."
         )
+    from mcl.data.synthetic import synth  # the generator, only when no real data is used
+
     syn = cfg.synthetic
     twin = syn.get("twin", "synth")
     if twin is None:

@@ -1,4 +1,4 @@
-"""Sample schema and WebDataset shard I/O.
+"""WebDataset shard I/O: samples (:mod:`mcl.data.schema`) as tar members and back.
 
 A sample in a shard is ``__key__`` + ``json`` (task, modality, LLaVA-style ``conversations``,
 ``answer_type``, ``answers`` = all references, ``meta``) + the payload by modality:
@@ -16,7 +16,7 @@ points     ``points.npy``                              ``float32 [N, 3]``
 =========  ==========================================  =====================================
 
 Decoded samples also carry ``image``: the 48x48 RGB view image-only models consume
-(:func:`mcl.data.world_av.as_image`; the image itself for images). Shards are written with a fixed
+(:func:`mcl.data.render.as_image`; the image itself for images). Shards are written with a fixed
 mtime so the same seed gives byte-identical tars.
 """
 
@@ -38,7 +38,8 @@ import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import base_plus_ext
 
-from mcl.data.world_av import MODALITIES, RGBD, SAMPLE_RATE, as_image, infer_modality
+from mcl.data.render import as_image
+from mcl.data.schema import MODALITIES, RGBD, SAMPLE_RATE, infer_modality, sample_modality
 
 _META = r"__[^/]*__($|/)"  # members webdataset's tar reader skips
 FIXED_MTIME = 1_700_000_000  # reproducible tar headers (an int: a float mtime costs every
@@ -142,7 +143,7 @@ def make_record(
     modality: str | None = None,
 ) -> dict:
     """One sample's tar members. ``payload`` is the native payload (see the module docstring;
-    depth takes an :class:`~mcl.data.world_av.RGBD` or a bare depth map); ``modality`` defaults
+    depth takes an :class:`~mcl.data.schema.RGBD` or a bare depth map); ``modality`` defaults
     to the one the payload's type implies."""
     modality = modality or infer_modality(payload)
     record = {
@@ -288,7 +289,7 @@ def decode_sample(raw: dict) -> dict:
         answer = conv[1]["value"]
         if not isinstance(question, str) or not isinstance(answer, str):
             raise TypeError("question and answer must be strings")
-        modality = rec.get("modality") or "image"
+        modality = sample_modality(rec)
         cause = "bad_payload"
         payload, extra = _decode_payload(raw, modality)
         image = as_image(modality, payload)

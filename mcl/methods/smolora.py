@@ -46,7 +46,7 @@ import torch
 
 from mcl.adapters import wrap_linears
 from mcl.adapters.smolora import SMoLoRALinear
-from mcl.data.tasks import sample_instruction
+from mcl.data.schema import sample_instruction
 from mcl.methods.base import ContinualMethod
 from mcl.models.mllm import IGNORE_INDEX
 from mcl.models.text_encoder import make_text_encoder

@@ -309,7 +309,7 @@ def build_arch(
 
 @cache
 def _words() -> tuple[str, ...]:
-    from mcl.data import tasks as T
+    from mcl.data.synthetic import tasks as T
     from mcl.models.tiny import words_of
 
     words = words_of(T.vocabulary_texts()) | set(ROLE_WORDS)

@@ -13,7 +13,7 @@ import re
 import torch
 from torch import nn
 
-from mcl.data.tasks import sample_instruction
+from mcl.data.schema import sample_instruction
 
 IGNORE_INDEX = -100
 # batch entries that are not model inputs: skip accounting, the raw questions and the recorded

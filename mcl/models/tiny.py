@@ -3,8 +3,8 @@ from a small config, an offline word-level tokenizer over the synthetic world's 
 CLIP image processor built from arguments. Nothing is downloaded.
 
 Continual instruction tuning starts from a *pretrained* MLLM, so the tiny base is pretrained once
-(all parameters) on the generic caption/detection mix of ``mcl.data.tasks`` and cached under
-``$MCL_CACHE`` (default ``~/.cache/mcl``), keyed by a hash of everything that shapes it.
+(all parameters) on the generic caption/detection mix of ``mcl.data.synthetic.tasks`` and cached
+under ``$MCL_CACHE`` (default ``~/.cache/mcl``), keyed by a hash of everything that shapes it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from mcl.data import tasks as T
+from mcl.data.synthetic import tasks as T
 from mcl.models.mllm import MLLM
 from mcl.utils.io import atomic_write_bytes, atomic_write_json
 
@@ -285,7 +285,7 @@ def instruct_tune(
     makes a base like InstructBLIP or LLaVA-1.5, which had been tuned on many instruction tasks
     before any continual sequence starts — the condition under which He et al.
     (specs/eproj_tir.md) find that regularisation works at all."""
-    from mcl.data import twins
+    from mcl.data.synthetic import twins
 
     chosen = []
     for t in tasks or []:
@@ -341,7 +341,7 @@ def load_tiny_base(
     def base(weights: bool) -> MLLM:
         mllm = _pretrained_base(*stage_one, weights=weights)
         if benchmark_words:
-            from mcl.data import twins
+            from mcl.data.synthetic import twins
 
             extend_vocabulary(mllm, twins.vocabulary_texts())
         return mllm

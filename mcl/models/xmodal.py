@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mcl.data.world_av import MODALITIES, RGBD, SAMPLE_RATE, canonical_view
+from mcl.data.render import canonical_view
+from mcl.data.schema import MODALITIES, RGBD, SAMPLE_RATE
 
 MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}
 FRAME_MODALITIES = ("video", "depth")

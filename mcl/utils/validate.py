@@ -317,7 +317,7 @@ def _check_paths(cfg: DictConfig) -> None:
         _check_dir("paths.data_dir", _get(cfg, "paths.data_dir"))
         twin = _get(cfg, "bench.synthetic.twin", "synth")
         if twin is not None and isinstance(_get(cfg, "bench.synthetic"), DictConfig):
-            from mcl.data import twins
+            from mcl.data.synthetic import twins
 
             try:
                 names = list(twins.recipes(str(twin)))

@@ -1,6 +1,6 @@
 """Write a synthetic benchmark as real WebDataset shards + ``bench.json``.
 
-    python -m mcl.data.synth --out data/synth --tasks color count position ocr ground \
+    python -m mcl.data.synthetic.synth --out data/synth --tasks color count position ocr ground \
         --unseen compose count_mcq --seed 0 --train 2000 --test 192
 
 Deterministic: every sample comes from (seed, task, split, index) alone, and tar headers carry a
@@ -19,10 +19,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mcl.data import twins
-from mcl.data import world as W
 from mcl.data.shards import make_record, private_tmp, write_shards
-from mcl.data.tasks import Recipe
+from mcl.data.synthetic import twins
+from mcl.data.synthetic import world as W
+from mcl.data.synthetic.tasks import Recipe
 from mcl.utils.io import atomic_write_json
 
 SYNTH_VERSION = 1  # bump when recipes change: cached benchmarks are regenerated
@@ -95,8 +95,8 @@ def generate(
 ) -> Path:
     """Generate (or reuse, if an identical one exists) a synthetic benchmark at ``out``.
 
-    ``twin`` picks the recipe family (``mcl.data.twins``); ``instructions`` limits each task's
-    training templates to the first n (CVIT's single-type = 1, multi-type = 5; None = all).
+    ``twin`` picks the recipe family (``mcl.data.synthetic.twins``); ``instructions`` limits each
+    task's training templates to the first n (CVIT's single-type = 1, multi-type = 5; None = all).
     """
     recipes = twins.recipes(twin)
     unknown = [t for t in tasks + unseen if t not in recipes]

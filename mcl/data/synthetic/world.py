@@ -6,8 +6,9 @@ accuracy after 1,500 steps for objects at 1/9 of a 32 px image with patch 4). Wi
 16 px cell and 16 px patches, every image token *is* one grid cell, so the model learns "what is
 where" quickly and the continual tasks are about instructions and answer formats, as in MCIT.
 
-Everything is drawn from a ``numpy`` generator seeded by (seed, task, split, index) alone, so any
-sample can be regenerated bit-for-bit.
+The grid, palette and shapes are the view's (:mod:`mcl.data.canvas`), shared with the renderers
+of real samples. Everything is drawn from a ``numpy`` generator seeded by (seed, task, split,
+index) alone, so any sample can be regenerated bit-for-bit.
 """
 
 from __future__ import annotations
@@ -18,20 +19,19 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-IMAGE_SIZE = 48
-GRID = 3
-CELL = IMAGE_SIZE // GRID
+from mcl.data.canvas import (
+    CELL,
+    COLOUR_NAMES,
+    COLOURS,
+    GRID,
+    IMAGE_SIZE,
+    OUTLINE,
+    SHAPES,
+    WHITE,
+    cell_origin,
+    draw_shape,
+)
 
-SHAPES = ["circle", "square", "triangle", "diamond", "cross", "star"]
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 40),
-    "blue": (30, 60, 220),
-    "yellow": (235, 210, 20),
-    "purple": (140, 40, 170),
-    "orange": (245, 130, 20),
-}
-COLOUR_NAMES = list(COLOURS)
 # Row-major cell names; "centre" is the middle cell.
 POSITIONS = [
     "top left",
@@ -70,52 +70,18 @@ class Obj:
 
     @property
     def origin(self) -> tuple[int, int]:
-        r, c = divmod(self.cell, GRID)
-        pad = (CELL - self.size) // 2
-        return c * CELL + pad, r * CELL + pad
+        return cell_origin(self.cell, self.size)
 
     @property
     def position(self) -> str:
         return POSITIONS[self.cell]
 
 
-def _shape_polygon(shape: str, x0: int, y0: int, s: int) -> list[tuple[float, float]] | None:
-    cx, cy, h = x0 + s / 2, y0 + s / 2, s / 2
-    if shape == "triangle":
-        return [(cx, y0), (x0 + s, y0 + s), (x0, y0 + s)]
-    if shape == "diamond":
-        return [(cx, y0), (x0 + s, cy), (cx, y0 + s), (x0, cy)]
-    if shape == "cross":
-        t = s / 6
-        return [
-            (cx - t, y0), (cx + t, y0), (cx + t, cy - t), (x0 + s, cy - t),
-            (x0 + s, cy + t), (cx + t, cy + t), (cx + t, y0 + s), (cx - t, y0 + s),
-            (cx - t, cy + t), (x0, cy + t), (x0, cy - t), (cx - t, cy - t),
-        ]  # fmt: skip
-    if shape == "star":
-        pts = []
-        for k in range(10):
-            r = h if k % 2 == 0 else h * 0.45
-            a = -np.pi / 2 + k * np.pi / 5
-            pts.append((cx + r * np.cos(a), cy + r * np.sin(a)))
-        return pts
-    return None
-
-
-def draw_objects(objs: list[Obj], background=(255, 255, 255)) -> Image.Image:
+def draw_objects(objs: list[Obj], background=WHITE) -> Image.Image:
     img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), background)
     d = ImageDraw.Draw(img)
     for o in objs:
-        x0, y0 = o.origin
-        s, fill = o.size, COLOURS[o.colour]
-        # a dark outline makes the shape visible independently of its fill colour
-        line = (0, 0, 0)
-        if o.shape == "circle":
-            d.ellipse([x0, y0, x0 + s - 1, y0 + s - 1], fill=fill, outline=line)
-        elif o.shape == "square":
-            d.rectangle([x0, y0, x0 + s - 1, y0 + s - 1], fill=fill, outline=line)
-        else:
-            d.polygon(_shape_polygon(o.shape, x0, y0, s - 1), fill=fill, outline=line)
+        draw_shape(d, o.shape, *o.origin, o.size, COLOURS[o.colour], OUTLINE)
     return img
 
 

@@ -23,10 +23,10 @@ import dataclasses
 
 import numpy as np
 
-from mcl.data import world as W
-from mcl.data.tasks import Recipe
-from mcl.data.twins import _common as C
-from mcl.data.twins import cvit
+from mcl.data.synthetic import world as W
+from mcl.data.synthetic.tasks import Recipe
+from mcl.data.synthetic.twins import _common as C
+from mcl.data.synthetic.twins import cvit
 
 
 # ---------------------------------------------------------------- VizWiz-Caption

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from mcl.data import world as W
-from mcl.data.tasks import Recipe
-from mcl.data.twins import _common as C
-from mcl.data.twins import cvit
+from mcl.data.synthetic import world as W
+from mcl.data.synthetic.tasks import Recipe
+from mcl.data.synthetic.twins import _common as C
+from mcl.data.synthetic.twins import cvit
 
 _OK_QUESTIONS = [
     "what thing in nature has the colour of this shape?",

@@ -12,14 +12,14 @@ is the forgetting MCIT methods exist to prevent.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from mcl.data import world as W
+from mcl.data.schema import instruction_text
+from mcl.data.synthetic import world as W
 
 
 @dataclass
@@ -60,21 +60,6 @@ class Recipe:
         }
         question = template.format(**fill)
         return Sample(image, question, answer, list(fill.get("_refs") or [answer]), meta)
-
-
-def instruction_text(template: str) -> str:
-    """A template's instruction: its literal text without the per-sample fields, e.g.
-    ``"{q} {options} answer with the option letter."`` -> ``"answer with the option letter."``.
-    Stored as ``meta.instruction`` so a method can embed the instruction CVIT's code embeds
-    (SMoLoRA's instruction-type table) without guessing where a question ends."""
-    parts = [lit for lit, *_ in string.Formatter().parse(template)]
-    return " ".join(" ".join(parts).split())
-
-
-def sample_instruction(sample: dict) -> str | None:
-    """The instruction a (decoded) sample was generated with, or None when its data does not
-    say (real data converted without it)."""
-    return (sample.get("meta") or {}).get("instruction")
 
 
 def _one_object(rng):

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mcl.data import world as W
-from mcl.data import world_av as A
-from mcl.data.tasks import Recipe
+from mcl.data.synthetic import world as W
+from mcl.data.synthetic import world_av as A
+from mcl.data.synthetic.tasks import Recipe
 
 # ---- question kinds: (training phrasings, held-out phrasings) ----
 

@@ -2,8 +2,8 @@
 names are the real benchmark's task names (so ``conf/bench/<name>.yaml`` lists one sequence that
 runs on real shards or on its twin).
 
-``synth`` is the default sequence (``mcl.data.tasks``). A twin may borrow recipes of another twin
-(``coin`` reuses ``cvit``'s and ``synth``'s grounding).
+``synth`` is the default sequence (``mcl.data.synthetic.tasks``). A twin may borrow recipes of
+another twin (``coin`` reuses ``cvit``'s and ``synth``'s grounding).
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 import importlib
 import re
 
-from mcl.data.tasks import Recipe
+from mcl.data.synthetic.tasks import Recipe
 
 TWINS = {
-    "synth": "mcl.data.tasks",
-    "cvit": "mcl.data.twins.cvit",
-    "dmole": "mcl.data.twins.dmole",
-    "clmm": "mcl.data.twins.clmm",
-    "mcl": "mcl.data.twins.mcl",
+    "synth": "mcl.data.synthetic.tasks",
+    "cvit": "mcl.data.synthetic.twins.cvit",
+    "dmole": "mcl.data.synthetic.twins.dmole",
+    "clmm": "mcl.data.synthetic.twins.clmm",
+    "mcl": "mcl.data.synthetic.twins.mcl",
 }
 
 

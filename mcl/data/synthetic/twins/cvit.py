@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mcl.data import world as W
-from mcl.data.tasks import Recipe
-from mcl.data.twins import _common as C
+from mcl.data.synthetic import world as W
+from mcl.data.synthetic.tasks import Recipe
+from mcl.data.synthetic.twins import _common as C
 
 # ---------------------------------------------------------------- ScienceQA
 # (question, options): arithmetic on the number of shapes n = 1..3; in every kind the key is the

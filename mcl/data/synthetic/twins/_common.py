@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter, ImageOps
 
-from mcl.data import world as W
+from mcl.data.synthetic import world as W
 
 LETTERS = "ABCDEFGH"
 ROW_NAMES = [W.POSITIONS[r * W.GRID + 1] for r in range(W.GRID)]  # top, centre, bottom
