@@ -244,3 +244,11 @@ def test_the_cli_says_how_many_threads_once(tmp_path):
     assert p.stdout.count("[mcl] torch threads: 1 (train.threads;") == 1
     (res,) = (tmp_path / "logs").rglob("results.json")
     assert json.loads(res.read_text())["config"]["train"]["threads"] == 1
+
+
+def test_a_run_directory_given_on_the_command_line_passes_the_precheck(tmp_path):
+    """``paths.output_dir=DIR`` replaces Hydra's run directory; the defaults it is compared
+    against still point at ``${hydra:...}``, which only resolves inside a run."""
+    precheck(["experiment=smoke", f"paths.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="train.steps"):
+        precheck(["experiment=smoke", f"paths.output_dir={tmp_path / 'run'}", "train.steps=x"])

@@ -239,7 +239,10 @@ def _check_types(cfg: DictConfig, defaults: DictConfig) -> None:
     for key, v in _leaves(cfg):
         if key in RULES or v is None:
             continue
-        d = _get(defaults, key, _MISSING)
+        try:
+            d = _get(defaults, key, _MISSING)
+        except ConfigError:  # a default that resolves only inside Hydra's run (${hydra:...})
+            continue
         if d is _MISSING or d is None:
             continue
         if isinstance(d, bool) and not isinstance(v, bool):
