@@ -235,6 +235,27 @@ def test_llava_malformed_conversation_is_named(tmp_path):
     assert (problem.field, problem.reason) == ("conversations", MALFORMED)
 
 
+def test_llava_empty_answers_lose_only_their_turn(tmp_path):
+    turns = [("<image>\nq1", ""), ("q2", "a2"), ("q3", None), ("q4", "a4")]
+    conv = [
+        t for q, a in turns for t in ({"from": "human", "value": q}, {"from": "gpt", "value": a})
+    ]
+    path = write(
+        tmp_path / "train.json",
+        [
+            {"id": "first-empty", "image": "a.jpg", "conversations": conv},
+            {"id": "later-empty", "image": "a.jpg", "conversations": conv[2:]},
+        ],
+    )
+    (rec,), (problem,) = read("llava", path)
+    assert (problem.record, problem.field, problem.reason) == (
+        "first-empty",
+        "conversations",
+        MISSING,
+    )
+    assert rec.answers == ["a2"] and rec.turns == [("q4", "a4")] and rec.extra["empty_turns"] == 1
+
+
 # ---------------------------------------------------------------- question file + answer file
 def _textvqa(tmp_path: Path, question_id) -> tuple[Path, Path]:
     questions = write(

@@ -25,8 +25,9 @@ from mcl.data.readers.files import (
 from mcl.data.readers.record import MALFORMED, UNSUPPORTED, Problem, Record
 
 
-def pairs(conversations: object) -> list[tuple[str, str]] | str:
-    """``(question, answer)`` per human/gpt pair, or a one-phrase reason why there are none."""
+def pairs(conversations: object) -> list[tuple[str, str | None]] | str:
+    """``(question, answer or None when empty)`` per human/gpt pair, or a one-phrase reason why
+    the conversation is not a list of human/gpt pairs."""
     if not isinstance(conversations, list) or len(conversations) < 2:
         return "not a list of at least one human/gpt pair"
     if len(conversations) % 2:
@@ -43,8 +44,6 @@ def pairs(conversations: object) -> list[tuple[str, str]] | str:
         answer = text(gpt.get("value"))
         if not question:
             return f"turn {i} has an empty question"
-        if answer is None:
-            return f"turn {i + 1} has an empty answer"
         out.append((question, answer))
     return out
 
@@ -76,15 +75,20 @@ def from_conversations(rec: dict, rid: str, file: str | Path) -> Record | Proble
     elif text(image) is None or not isinstance(image, str):
         return Problem(rid, "image", str(file), MALFORMED, "not a path")
     (question, answer), *turns = found
-    refs = answer_list(rec.get("answers")) or [answer]
+    refs = answer_list(rec.get("answers")) or ([answer] if answer else None)
+    if refs is None:
+        return missing(rid, "conversations", file, "the first answer is empty")
     extra = {k: rec[k] for k in ("width", "height") if k in rec}
+    kept = [(q, a) for q, a in turns if a]
+    if len(kept) < len(turns):  # a later empty answer loses only its own turn
+        extra["empty_turns"] = len(turns) - len(kept)
     return Record(
         id=rid,
         image=image.strip() if isinstance(image, str) else None,
         question=question,
         answers=refs,
         instruction=text(rec.get("instruction")),
-        turns=turns,
+        turns=kept,
         extra=extra,
     )
 
