@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from mcl.eval.metrics import continual_metrics
-from mcl.report import aggregate, collect, format_stat, human_count, main, markdown_table
+from mcl.report import aggregate, collect, markdown_table
+from mcl.report.cli import main
+from mcl.report.render import format_stat, human_count
 
 TASKS = ["color", "count", "position"]
 UNSEEN = ["compose"]
@@ -42,16 +44,21 @@ def make_run(
     complete=True,
     tasks=TASKS,
     run_dir=None,
+    reference=None,
+    mif=None,
 ):
     """Write a results.json like runner.write_report does; returns its run directory."""
     tasks = list(tasks)
     matrix, unseen = fake_matrices(seed, level, len(tasks))
     metrics = continual_metrics(matrix, unseen=unseen)
     metrics |= {"if_score": level / 2 + seed, "format_compliance": None}
+    if mif is not None:  # a bench declaring the `mif` extra score
+        metrics |= {"MIF": mif, "MIF_unseen": mif / 2}
     results = {
         "bench": bench,
         "data_source": source,
         "method": method,
+        "reference": method in ("joint", "zero_shot") if reference is None else reference,
         "seed": seed,
         "complete": complete,
         "tasks": tasks,
@@ -344,3 +351,50 @@ def test_no_per_task_table_with_two_tasks(tmp_path, capsys):
     make_run(tmp_path, tasks=["a", "b"])
     assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     assert "BWT per task" not in capsys.readouterr().out
+
+
+def test_the_reference_field_not_the_name_says_what_is_never_bold(tmp_path, capsys):
+    make_run(tmp_path, "oracle", 0, level=90, reference=True)
+    make_run(tmp_path, "joint", 0, level=20, reference=False)
+    make_run(tmp_path, "seq_lora", 0, level=60)
+    assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    rows = {r[0]: r for r in table_rows(capsys.readouterr().out)}
+    assert not rows["oracle"][2].startswith("**") and rows["seq_lora"][2].startswith("**")
+    (group,) = [g for g in aggregate(collect([tmp_path])) if g["method"] == "oracle"]
+    assert group["reference"] is True
+
+
+def test_extra_scores_get_a_column_only_in_tables_whose_runs_have_them(tmp_path, capsys):
+    for seed in range(2):
+        make_run(tmp_path, "seq_lora", seed, mif=60.0 + seed)
+        make_run(tmp_path, "ewc", seed, mif=70.0)
+        make_run(tmp_path, "seq_lora", seed, bench="other")
+    out_dir = tmp_path / "out"
+    assert main([str(tmp_path), "--out", str(out_dir), "--sort", "MIF"]) == 0
+    out = capsys.readouterr().out
+    (other_head, _), (synth_head, synth_rows) = [  # tables by bench name
+        (h, rows) for h, rows in tables(out) if h[1] == "n seeds"
+    ]
+    assert synth_head[-3:] == ["MIF", "trainable params", "time"] and "MIF" not in other_head
+    assert [r[0] for r in synth_rows] == ["ewc", "seq_lora"]  # sorted by MIF
+    assert synth_rows[0][-3] == "**70.0 ± 0.0**" and synth_rows[1][-3] == "60.5 ± 0.7"
+    header = (out_dir / "report.csv").read_text().splitlines()[0].split(",")
+    assert header.index("MIF_mean") > header.index("format_compliance_std")
+    assert header.index("MIF_unseen_std") < header.index("trainable_mean")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--sort", "LEN"])
+    assert "--sort LEN: choose one of last, " in capsys.readouterr().err
+
+
+def test_an_older_results_json_is_skipped_with_the_fix_named(tmp_path, capsys):
+    run = make_run(tmp_path, seed=0)
+    old = load(run)
+    old.pop("reference")
+    old["mif_scores"] = [{} for _ in old["matrix"]]
+    (run / "results.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path)])
+    assert exc.value.code == 2
+    warning = capsys.readouterr().err.splitlines()[0]
+    assert warning.startswith(f"warning: skipping {run / 'results.json'}: written by an older")
+    assert 'add "reference"' in warning and "rename 'mif_scores' to 'extra_scores'" in warning

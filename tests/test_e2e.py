@@ -260,24 +260,32 @@ def test_methods_with_task_state_resume_to_the_same_matrix(tmp_path, method):
     assert resumed["matrix"] == json.loads(json.dumps(full["matrix"]))
 
 
-def test_mif_per_task_and_rescoring_a_finished_run(first_run, tmp_path):
+def test_extra_scores_per_task_and_rescoring_a_finished_run(first_run, tmp_path):
     from mcl.eval.rescore import main as rescore_main
     from mcl.eval.rescore import rescore_run
-    from mcl.report import main as report_main
+    from mcl.report.cli import main as report_main
 
     tmp, _, results = first_run
-    out = tmp / "run"
+    out = tmp_path / "run"  # a copy: this test edits the run's config
+    shutil.copytree(tmp / "run", out)
     r = json.loads((out / "results.json").read_text())
-    assert set(r["mif_scores"][3]) == {"color", "position", "count", "compose"}
-    assert r["scorer_mode"] == "strict" and 0 <= r["metrics"]["MIF"] <= 100
-    before = (out / "results.json").read_bytes()
+    # the synth bench declares no extra score: none is computed or reported
+    assert len(r["extra_scores"]) == 4 and not any(any(row.values()) for row in r["extra_scores"])
+    assert "MIF" not in r["metrics"] and r["reference"] is False
+    assert r["scorer_mode"] == "strict"
     # re-scoring under the same convention reproduces the run's numbers exactly
     same = rescore_run(out, "strict")
     assert same["matrix"] == r["matrix"] and same["unseen_matrix"] == r["unseen_matrix"]
-    assert same["mif_scores"] == r["mif_scores"] and same["if_scores"] == r["if_scores"]
-    # another convention rescored from the saved answers; results.json is never touched
+    assert same["if_scores"] == r["if_scores"] and "MIF" not in same["metrics"]
+    # a benchmark that declares `mif` gets it per task from the saved answers
+    r["config"]["bench"]["extra_scores"] = ["mif"]
+    (out / "results.json").write_text(json.dumps(r))
+    before = (out / "results.json").read_bytes()
     assert rescore_main([str(out), "--scorer-mode", "lower_exact"]) == 0
     low = json.loads((out / "results.lower_exact.json").read_text())
+    assert set(low["extra_scores"][3]) == {"color", "position", "count", "compose"}
+    assert all(set(v) == {"mif"} for v in low["extra_scores"][3].values())
+    assert 0 <= low["metrics"]["MIF"] <= 100 and "MIF_unseen" in low["metrics"]
     assert low["scorers"]["color"] == {"scorer": "vqa", "mode": "lower_exact"}
     assert low["rescored_from"] == "results.json" and low["scorer_mode"] == "lower_exact"
     assert (out / "results.json").read_bytes() == before
@@ -285,7 +293,7 @@ def test_mif_per_task_and_rescoring_a_finished_run(first_run, tmp_path):
         # lower-case exact match never scores above VQA soft accuracy's normalised match
         assert all((a is None) == (b is None) for a, b in zip(row_low, row))
     assert report_main([str(out), "--scoring", "lower_exact", "--out", str(tmp_path / "rep")]) == 0
-    assert "MIF" in (tmp_path / "rep" / "report.md").read_text()
+    assert "| MIF |" in (tmp_path / "rep" / "report.md").read_text()
     assert rescore_main([str(out), "--scorer-mode", "best_ref_cider_typo"]) == 2
 
 

@@ -39,7 +39,7 @@ def test_full_matrix_by_hand():
         m["maa"],
         m["bwt"],
     )
-    assert (m["AP"], m["MAP"]) == (m["last"], m["maa"])  # SMoLoRA's names for the same numbers
+    assert (m["AP"], m["MAP"]) == (m["last"], m["maa"])  # an anchor's names, same numbers
     assert m["unseen"] is None
     assert {"last", "bwt_max", "forgetting", "fwt"} <= set(m["conventions"])
     assert "row 0 included" in m["conventions"]["bwt_max"]
@@ -140,3 +140,29 @@ def test_stage_metrics_by_hand():
     assert got[1]["forgetting"] == pytest.approx(20) and got[2]["forgetting"] == pytest.approx(20)
     m[3][0] = None  # a missing cell is skipped, not read as 0
     assert stage_metrics(m)[2]["forgetting"] == pytest.approx(20)
+
+
+def test_instruction_metrics_report_each_extra_score_found_and_no_other():
+    from mcl.eval.metrics import extra_metric_keys, extra_names, instruction_metrics
+
+    tasks, unseen = ["a", "b"], ["u"]
+    held = [{}, {}, {"a": 50.0, "u": 30.0}]
+    form = [{}, {}, {"a": 100.0, "b": 80.0}]
+    extras = [{}, {"a": {"mif": 10.0}}, {"a": {"mif": 40.0, "len": 3.0}, "b": {"mif": 60.0}}]
+    extras[2]["u"] = {"mif": 20.0}
+    m = instruction_metrics(tasks, unseen, held, form, extras)
+    assert extra_names(extras) == ["mif", "len"]
+    assert extra_metric_keys(["mif", "len"]) == ["MIF", "MIF_unseen", "LEN", "LEN_unseen"]
+    assert m == {
+        "if_score": 40.0,
+        "format_compliance": 90.0,
+        "MIF": 50.0,  # last row only, trained tasks
+        "MIF_unseen": 20.0,
+        "LEN": 3.0,
+        "LEN_unseen": None,  # no unseen task has it
+    }
+    # a benchmark that declares no extra score reports none (no MIF key at all)
+    assert set(instruction_metrics(tasks, unseen, held, form, None)) == {
+        "if_score",
+        "format_compliance",
+    }

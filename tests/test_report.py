@@ -194,7 +194,7 @@ def test_data_faults_are_worded_per_task_and_split():
 
 
 def test_the_comparison_report_lists_each_runs_data_faults(tmp_path, capsys):
-    from mcl.report import main
+    from mcl.report.cli import main
     from tests.test_compare import make_run
 
     run = make_run(tmp_path / "logs", seed=0)

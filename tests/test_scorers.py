@@ -30,11 +30,11 @@ from mcl.eval.scorers import (
     iou_score,
     lower_exact_score,
     mcitlib_contains_score,
+    mif_ok,
     normalize_vqa,
     parse_box,
     score_records,
     scorer_mode_applies,
-    smolora_if_ok,
     task_modes,
     two_way_contains_score,
     vqa_score,
@@ -402,8 +402,8 @@ def test_best_reference_cider_uses_only_the_best_reference():
         ("cider", "a dog.", ["there is a cat."], False),
     ],
 )
-def test_smolora_if_rule(scorer, pred, refs, ok):
-    assert smolora_if_ok(scorer, pred, refs) is ok
+def test_mif_compliance_rule(scorer, pred, refs, ok):
+    assert mif_ok(scorer, pred, refs) is ok
 
 
 def test_task_modes_single_map_preset_and_errors():
@@ -434,6 +434,10 @@ def test_score_records_splits_heldout_and_counts_mif():
         {"pred": "red", "answers": ["red"], "heldout": True},
         {"pred": "it is a red one", "answers": ["red"], "heldout": True},
     ]
-    s = score_records(records, "exact")
-    assert s["score"] == 50.0 and s["held"] == 0.0 + 50.0 and s["mif"] == 75.0
+    s = score_records(records, "exact", "strict", extras=("mif",))
+    assert s["score"] == 50.0 and s["held"] == 0.0 + 50.0 and s["extras"] == {"mif": 75.0}
     assert score_records(records[:2], "exact")["held"] is None
+    assert score_records(records, "exact")["extras"] == {}  # a bench declaring none gets none
+    assert score_records([], "exact", extras=["mif"])["extras"] == {"mif": None}
+    with pytest.raises(ValueError, match="unknown extra score 'nope'; registered: mif"):
+        score_records(records, "exact", extras=["nope"])

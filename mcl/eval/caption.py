@@ -30,7 +30,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.text import rouge_score
 from torchmetrics.text import BLEUScore
 
-from mcl.eval.scorers import _as_refs, _check_lengths, _MeanScore
+from mcl.eval.base import MeanScore, as_refs, check_lengths
 
 Tokenizer = Callable[[str], list[str]]
 _NON_WORD = re.compile(r"[^\w\s]|_")
@@ -57,10 +57,10 @@ def _ngram_counts(tokens: Sequence[str], n: int) -> Counter:
 def _tokenized(
     preds: Sequence[str], refs: Sequence[str | Sequence[str]], tokenizer: Tokenizer
 ) -> tuple[list[list[str]], list[list[list[str]]]]:
-    _check_lengths(preds, refs)
+    check_lengths(preds, refs)
     return (
         [tokenizer(p) for p in preds],
-        [[tokenizer(r) for r in _as_refs(rs)] for rs in refs],
+        [[tokenizer(r) for r in as_refs(rs)] for rs in refs],
     )
 
 
@@ -142,7 +142,7 @@ def cider_best_reference(
     sigma: float = 6.0,
     tokenizer: Tokenizer = tokenize_caption,
 ) -> float:
-    """SMoLoRA's caption "CIDEr" (eval_flickr30k_cider.py; smolora.md section 2.5): for each
+    """CVIT's reference caption "CIDEr" (its eval_flickr30k_cider.py): for each
     prediction keep only the single reference it scores best against, then compute corpus
     CIDEr-D against those chosen references alone. Optimistic next to standard CIDEr-D.
 
@@ -151,7 +151,7 @@ def cider_best_reference(
     to the first reference. The second pass takes df from the chosen references only, as a
     corpus built from them would. Returns the 0..~10 scale score, like `cider_d`."""
     per_ref = cider_d(preds, refs, n=n, sigma=sigma, tokenizer=tokenizer, per_reference=True)
-    chosen = [[_as_refs(r)[max(range(len(s)), key=s.__getitem__)]] for r, s in zip(refs, per_ref)]
+    chosen = [[as_refs(r)[max(range(len(s)), key=s.__getitem__)]] for r, s in zip(refs, per_ref)]
     return cider_d(preds, chosen, n=n, sigma=sigma, tokenizer=tokenizer)[0]
 
 
@@ -337,11 +337,11 @@ class _CorpusCaptionMetric(Metric):
         self.add_state("samples", default=[], dist_reduce_fx="cat")
 
     def update(self, preds: Sequence[str], refs: Sequence[str | Sequence[str]]) -> None:
-        _check_lengths(preds, refs)
+        check_lengths(preds, refs)
         if not len(preds):
             return
         payload = b"".join(
-            json.dumps([str(p), _as_refs(r)]).encode() + _SEP for p, r in zip(preds, refs)
+            json.dumps([str(p), as_refs(r)]).encode() + _SEP for p, r in zip(preds, refs)
         )
         data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
         self.samples.append(data.to(device=self.device, dtype=self.dtype))
@@ -378,8 +378,8 @@ class CIDErD(_CorpusCaptionMetric):
 
 
 class CIDErBestRef(_CorpusCaptionMetric):
-    """`best_ref_cider` mode of `cider`: SMoLoRA's best-reference CIDEr x100
-    (`cider_best_reference`)."""
+    """`best_ref_cider` mode of `cider`: the best-reference CIDEr x100 of CVIT's reference
+    evaluation (`cider_best_reference`)."""
 
     def corpus_score(self, preds: list[str], refs: list[list[str]]) -> float:
         return cider_best_reference(preds, refs)
@@ -420,9 +420,9 @@ class BLEU4(BLEUScore):
         self.add_state("count", default=zero, dist_reduce_fx="sum")
 
     def update(self, preds: Sequence[str], refs: Sequence[str | Sequence[str]]) -> None:
-        _check_lengths(preds, refs)
+        check_lengths(preds, refs)
         super().update(
-            [_joined(p) for p in preds], [[_joined(r) for r in _as_refs(rs)] for rs in refs]
+            [_joined(p) for p in preds], [[_joined(r) for r in as_refs(rs)] for rs in refs]
         )
         self.count += len(preds)
 
@@ -432,7 +432,7 @@ class BLEU4(BLEUScore):
         return (super().compute() * 100).float()
 
 
-class RougeL(_MeanScore):
+class RougeL(MeanScore):
     """Mean ROUGE-L F1 x100 from torchmetrics' `rouge_score` (the `ROUGEScore` maths; best
     reference per caption, `accumulate="best"`) on our caption tokens. Only ROUGE-Lsum and the
     stemmer need nltk, which is not installed; plain ROUGE-L does not. Kept as sum/count states
@@ -443,7 +443,7 @@ class RougeL(_MeanScore):
     def score_one(self, pred: str, refs: str | Sequence[str]) -> float:
         out = rouge_score(
             pred,
-            _as_refs(refs),
+            as_refs(refs),
             accumulate="best",
             rouge_keys="rougeL",
             normalizer=_joined,

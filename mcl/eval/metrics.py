@@ -23,7 +23,9 @@ CONVENTIONS = {
     "unseen": "mean_u U[T][u] over unseen tasks; unseen_per_row gives it for every row",
     "per_stage": "per task m: transfer T_m = A[m][m]; forgetting F_m = mean_{j<m} "
     "(A[m-1][j] - A[m][j]), the drop stage m caused (PathWeave's per-modality view)",
-    "aliases": "MFN = AP = last; MAA = MAP = maa; MFT = plasticity (MCITlib, SMoLoRA names)",
+    "aliases": "MFN = AP = last; MAA = MAP = maa; MFT = plasticity (the anchors' names)",
+    "extras": "per extra score N: N.upper() = mean over trained tasks at the last row, "
+    "N.upper() + '_unseen' over unseen tasks",
 }
 
 
@@ -119,7 +121,7 @@ def continual_metrics(
         "plasticity": plasticity,
     }
     out |= {"MFT": plasticity, "MFN": last, "MAA": out["maa"], "BWT": out["bwt"]}
-    out |= {"AP": last, "MAP": out["maa"]}  # SMoLoRA's names (AP mixes CIDEr with accuracies)
+    out |= {"AP": last, "MAP": out["maa"]}  # another anchor's names (AP mixes CIDEr in)
 
     per_row = None
     if unseen is not None:
@@ -133,28 +135,51 @@ def continual_metrics(
     return out
 
 
+def extra_names(extra_scores: Sequence[dict] | None) -> list[str]:
+    """The extra scores found in results.json's `extra_scores` (one {task: {name: value}} per
+    matrix row), in order of first appearance."""
+    names: dict[str, None] = {}
+    for row in extra_scores or []:
+        for values in row.values():
+            names |= dict.fromkeys(values)
+    return list(names)
+
+
+def extra_metric_keys(names: Sequence[str]) -> list[str]:
+    """The metrics keys of extra scores `names`: N.upper() and N.upper() + "_unseen" each."""
+    return [key for n in names for key in (n.upper(), n.upper() + "_unseen")]
+
+
+def extra_keys(metrics: dict) -> list[str]:
+    """The extra scores' keys in a metrics dict: each K that has its K + "_unseen" beside it."""
+    return [k for k in metrics if f"{k}_unseen" in metrics]
+
+
 def instruction_metrics(
     tasks: Sequence[str],
     unseen: Sequence[str],
     if_scores: Sequence[dict],
     format_scores: Sequence[dict],
-    mif_scores: Sequence[dict] | None = None,
+    extra_scores: Sequence[dict] | None = None,
 ) -> dict:
     """The final row's instruction-following numbers, each a mean over tasks (None if empty):
 
     - `if_score`: accuracy on held-out instruction templates (trained and unseen tasks);
     - `format_compliance`: mcl's answer-form rule (`format_ok`), every evaluated task;
-    - `MIF`: SMoLoRA's compliance rule (`smolora_if_ok`) over the trained tasks, and
-      `MIF_unseen` over the unseen ones, as its tables report them separately."""
+    - for each extra score N the benchmark declared (e.g. `mif`), `N.upper()` over the trained
+      tasks and `N.upper() + "_unseen"` over the unseen ones, as the anchors report them."""
 
     def mean(values) -> float | None:
         vals = [v for v in values if v is not None]
         return sum(vals) / len(vals) if vals else None
 
-    mif = (mif_scores or [{}])[-1]
-    return {
+    out = {
         "if_score": mean(if_scores[-1].values()),
         "format_compliance": mean(format_scores[-1].values()),
-        "MIF": mean(mif.get(t) for t in tasks),
-        "MIF_unseen": mean(mif.get(t) for t in unseen),
     }
+    last = (extra_scores or [{}])[-1]
+    for name in extra_names(extra_scores):
+        key = name.upper()
+        out[key] = mean(last.get(t, {}).get(name) for t in tasks)
+        out[key + "_unseen"] = mean(last.get(t, {}).get(name) for t in unseen)
+    return out

@@ -18,12 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mcl.eval.metrics import extra_keys
 from mcl.utils.io import atomic_write_bytes, atomic_write_text
 
 MISSING = "-"
 Matrix = Sequence[Sequence[float | None]]
 
-# (label, metrics key) in display order; aliases follow metrics.md's name table
+# (label, metrics key) in display order; aliases follow metrics.md's name table. Extra scores
+# (e.g. MIF) follow them where a run has some: see `metric_rows`.
 METRIC_ROWS = (
     ("Last (MFN)", "last"),
     ("MAA", "maa"),
@@ -35,14 +37,28 @@ METRIC_ROWS = (
     ("Unseen", "unseen"),
     ("IF (held-out instr.)", "if_score"),
     ("Answer format ok %", "format_compliance"),
-    ("MIF (SMoLoRA rule)", "MIF"),
-    ("MIF unseen", "MIF_unseen"),
 )
 
 
 def _value(v: float | None) -> float | None:
     """None for a missing cell (None or NaN)."""
     return None if v is None or math.isnan(float(v)) else float(v)
+
+
+def metric_rows(metrics: dict) -> list[tuple[str, str]]:
+    """`METRIC_ROWS`, then two rows per extra score the metrics carry (its label from the scorer
+    registry, e.g. "MIF" and "MIF unseen")."""
+    keys = extra_keys(metrics)
+    if not keys:
+        return list(METRIC_ROWS)
+    # imported here: the registry builds scorers (torch), which plain table readers do not need
+    from mcl.eval.scorers.registry import extra_label
+
+    rows = list(METRIC_ROWS)
+    for key in keys:
+        label = extra_label(key.lower())
+        rows += [(label, key), (f"{label} unseen", f"{key}_unseen")]
+    return rows
 
 
 def row_labels(tasks: Sequence[str]) -> list[str]:
@@ -90,8 +106,9 @@ def matrix_table(
     if unseen_tasks:
         out.append("* = unseen task (never trained on)")
     out.append("")
-    metric_w = max(len(label) for label, _ in METRIC_ROWS)
-    for label, key in METRIC_ROWS:
+    shown = metric_rows(metrics)
+    metric_w = max(len(label) for label, _ in shown)
+    for label, key in shown:
         value = _value(metrics.get(key))
         text = "n/a" if value is None else f"{value:.2f}"
         out.append(f"{label.ljust(metric_w)}  {text:>7}")

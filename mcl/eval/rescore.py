@@ -1,12 +1,13 @@
 """Re-score finished runs under another scoring convention, without re-running them.
 
-    python -m mcl.eval.rescore RUN_DIR... --scorer-mode smolora
-    python -m mcl.report RUN_DIR... --scoring smolora
+    python -m mcl.eval.rescore RUN_DIR... --scorer-mode PRESET
+    python -m mcl.report RUN_DIR... --scoring PRESET
 
 Every run keeps its answers (predictions/rowN/TASK.jsonl), so any scorer mode, per-task map or
-benchmark preset (e.g. cvit's `smolora`: SMoLoRA's best-reference CIDEr, exact-match VQAv2, ...)
-can be applied afterwards. The matrix, unseen matrix, held-out IF and MIF are recomputed through
-the same `score_records` the runner uses; everything else is copied. The result goes to
+benchmark preset (e.g. one of cvit's `scorer_presets`: best-reference CIDEr, exact-match VQAv2,
+...) can be applied afterwards. The matrix, unseen matrix, held-out IF and the benchmark's extra
+scores (`bench.extra_scores`, e.g. MIF) are recomputed through the same `score_records` the
+runner uses; everything else is copied. The result goes to
 `results.NAME.json` next to the run's `results.json`, which is never touched.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mcl.config import CONF_DIR
-from mcl.eval.metrics import continual_metrics, instruction_metrics
+from mcl.eval.metrics import continual_metrics, extra_keys, extra_names, instruction_metrics
 from mcl.eval.scorers import score_records, task_modes
 from mcl.utils.io import atomic_write_json
 
@@ -29,15 +30,27 @@ class RescoreError(ValueError):
     pass
 
 
-def _presets(run: dict) -> dict:
-    """The benchmark's scorer presets: from the run's own config, else from conf/bench/."""
+def _bench_key(run: dict, key: str, default):
+    """A benchmark setting: from the run's own config, else from conf/bench/, else `default`."""
     bench_cfg = (run.get("config") or {}).get("bench") or {}
-    if bench_cfg.get("scorer_presets"):
-        return bench_cfg["scorer_presets"]
+    if bench_cfg.get(key) is not None:
+        return bench_cfg[key]
     path = CONF_DIR / "bench" / f"{run['bench']}.yaml"
     if path.exists():
-        return OmegaConf.to_container(OmegaConf.load(path)).get("scorer_presets") or {}
-    return {}
+        value = OmegaConf.to_container(OmegaConf.load(path)).get(key)
+        return default if value is None else value
+    return default
+
+
+def _presets(run: dict) -> dict:
+    """The benchmark's scorer presets."""
+    return _bench_key(run, "scorer_presets", {}) or {}
+
+
+def _extras(run: dict) -> tuple[str, ...]:
+    """The extra scores to compute: the benchmark's `extra_scores`, and any the run has."""
+    declared = list(_bench_key(run, "extra_scores", []) or [])
+    return tuple(dict.fromkeys(declared + extra_names(run.get("extra_scores"))))
 
 
 def _records(path: Path) -> list[dict]:
@@ -57,11 +70,12 @@ def rescore_run(run_dir: str | Path, scorer_mode: str | dict) -> dict:
         modes = task_modes(scorer_mode, scorers, _presets(run))
     except ValueError as e:
         raise RescoreError(f"--scorer-mode: {e}") from None
+    extras = _extras(run)
     T = len(tasks)
     matrix = [[None] * T for _ in range(T + 1)]
     unseen_matrix = [[None] * len(unseen) for _ in range(T + 1)]
     if_scores: list[dict] = [{} for _ in range(T + 1)]
-    mif_scores: list[dict] = [{} for _ in range(T + 1)]
+    extra_scores: list[dict] = [{} for _ in range(T + 1)]
     n_files = 0
     for row in range(T + 1):
         for name in tasks + unseen:
@@ -69,26 +83,30 @@ def rescore_run(run_dir: str | Path, scorer_mode: str | dict) -> dict:
             if not path.exists():
                 continue
             n_files += 1
-            s = score_records(_records(path), scorers[name], modes[name])
+            try:
+                s = score_records(_records(path), scorers[name], modes[name], extras)
+            except ValueError as e:
+                raise RescoreError(f"{run_dir}: {e}") from None
             if name in tasks:
                 matrix[row][tasks.index(name)] = s["score"]
             else:
                 unseen_matrix[row][unseen.index(name)] = s["score"]
             if s["held"] is not None:
                 if_scores[row][name] = s["held"]
-            mif_scores[row][name] = s["mif"]
+            if s["extras"]:
+                extra_scores[row][name] = s["extras"]
     if not n_files:
         raise RescoreError(f"{run_dir} has no predictions/rowN/*.jsonl to re-score")
     metrics = continual_metrics(matrix, unseen=unseen_matrix if unseen else None)
     metrics |= instruction_metrics(
-        tasks, unseen, if_scores, run.get("format_scores") or [{}], mif_scores
+        tasks, unseen, if_scores, run.get("format_scores") or [{}], extra_scores
     )
     name = scorer_mode if isinstance(scorer_mode, str) else "per-task"
     out = run | {
         "matrix": matrix,
         "unseen_matrix": unseen_matrix,
         "if_scores": if_scores,
-        "mif_scores": mif_scores,
+        "extra_scores": extra_scores,
         "metrics": metrics,
         "scorer_mode": name,
         "scorers": {t: {"scorer": scorers[t], "mode": modes[t]} for t in tasks + unseen},
@@ -108,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scorer-mode",
         required=True,
-        help="a scorer mode (e.g. coin_vqa_exact) or a benchmark preset (e.g. smolora)",
+        help="a scorer mode (e.g. coin_vqa_exact) or a benchmark preset (bench.scorer_presets)",
     )
     args = parser.parse_args(argv)
     runs = sorted({p.parent for d in args.paths for p in Path(d).rglob("results.json")})
@@ -122,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        extra = "".join(f"{k} {fmt(m[k])}  " for k in extra_keys(m))
         print(
             f"{run_dir}: Last {fmt(m['last'])}  BWT {fmt(m['bwt'])}  "
-            f"Unseen {fmt(m['unseen'])}  MIF {fmt(m['MIF'])}  -> results.{args.scorer_mode}.json"
+            f"Unseen {fmt(m['unseen'])}  {extra}-> results.{args.scorer_mode}.json"
         )
     return 0
 
