@@ -201,7 +201,6 @@ def _start_task(method, task: int, dm) -> dict:
     from mcl.methods.dmole import DMoLE
     from mcl.methods.eproj import EProj
     from mcl.methods.fwd_prompt import FwdPrompt
-    from mcl.methods.tir import _TIR
 
     if isinstance(method, DMoLE):
         return _dmole_task(method, task, dm)
@@ -210,11 +209,10 @@ def _start_task(method, task: int, dm) -> dict:
         return {}
     if isinstance(method, EProj):
         method.key_steps = 0  # the key phase fits the task's keys to its data: adds nothing
-    start = super(_TIR, method).on_task_start if isinstance(method, _TIR) else method.on_task_start
-    try:  # (TIR's similarity rescaling reads data and adds nothing: skipped)
-        start(task, dm)
+    try:
+        method.on_task_start(task, dm)
     except RuntimeError as e:
-        # a value read on meta tensors (EWC: "is there importance yet?"); what a task start
+        # a value read on meta tensors; what a task start
         # adds comes before such reads in every method, so only its trainable set is redone
         if "meta" not in str(e):
             raise
@@ -694,7 +692,8 @@ def make_plan(
         method.bind_data(dm)
         for t, spec in enumerate(bench.tasks):
             try:
-                notes = _start_task(method, t, dm)
+                with method.plugins_paused():  # they read data and add no parameters
+                    notes = _start_task(method, t, dm)
             except NeedsData as e:
                 plan.reason = f"cannot plan without data: {e}"
                 return plan

@@ -26,6 +26,14 @@ def compose_cfg(tmp_path, overrides: list[str] = ()):
         )
 
 
+def method_cfg(name: str):
+    """``conf/method/<name>.yaml`` as Hydra composes it: its defaults list applied (a baseline
+    such as ``ewc`` is seq_lora's file plus a plugin's, not a file to load on its own)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose(config_name="train", overrides=[f"method={name}"]).method
+
+
 MICRO = [
     "model=micro",
     "logger=csv",

@@ -1,4 +1,5 @@
-"""EProj and TIR (shared/specs/eproj_tir.md, "What tests must show")."""
+"""EProj and TIR's task similarity (shared/specs/eproj_tir.md, "What tests must show");
+TIR's importance keeping is tested with the plugins (tests/test_plugins.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from mcl.adapters.expandable import ExpandableLinear
 from mcl.data.bench import Benchmark
 from mcl.data.datamodule import ContinualDataModule
 from mcl.methods.eproj import EProj
-from mcl.methods.tir import TIREWC
 from mcl.models.task_embedding import (
     FrozenFeatures,
     task_embedding,
@@ -71,84 +71,6 @@ def test_task_embedding_is_a_normalised_mean_and_tells_tasks_apart(bench):
     again = task_embedding(feats, dm.sample_task(0, 32, seed=1))  # other samples, same task
     sim = task_similarity([*embs, again])
     assert int(sim[3, :3].argmax()) == 0  # a task is most similar to itself
-
-
-# ---------------------------------------------------------------- TIR importance
-def test_tir_keeps_the_elementwise_max_and_its_owner(monkeypatch):
-    m = _method(TIREWC)
-    names = sorted(m.trainable_named())
-    first = {n: torch.rand_like(m.importance(n)) for n in names}
-    s = sum(float(v.sum()) for v in first.values())
-    first = {n: v / s for n, v in first.items()}  # what estimate_importance returns: sums to 1
-    monkeypatch.setattr(m, "estimate_importance", lambda batches: first)
-    monkeypatch.setattr(m, "task_batches", lambda dm: [])
-    m.on_task_end(0, None)
-    assert sum(float(m.importance(n).sum()) for n in names) == pytest.approx(1.0, rel=1e-5)
-    assert all(bool((m.owner(n) == 0).all()) for n in names)
-    second = {n: torch.rand_like(v) / s for n, v in first.items()}
-    monkeypatch.setattr(m, "estimate_importance", lambda batches: second)
-    m.on_task_end(1, None)
-    for n in names:
-        assert torch.equal(m.importance(n), torch.maximum(first[n], second[n]))
-        assert torch.equal(m.owner(n), (second[n] > first[n]).long())
-
-
-def test_tir_importance_pass_sums_to_one(bench):
-    m = _method(TIREWC, importance_batches=2)
-    dm = ContinualDataModule(bench, m.mllm.collator, batch_size=4)
-    dm.set_task(0)
-    with torch.no_grad():
-        for p in m.trainable_named().values():
-            p.normal_(0, 0.05)
-    imp = m.estimate_importance(m.task_batches(dm))
-    assert sum(float(v.sum()) for v in imp.values()) == pytest.approx(1.0, rel=1e-5)
-
-
-def test_tir_rescales_each_element_by_one_minus_the_similarity_to_its_owner():
-    m = _method(TIREWC)
-    names = sorted(m.trainable_named())
-    for n in names:
-        m.importance(n).fill_(1.0)
-        own = m.owner(n)
-        own.copy_(torch.arange(own.numel()).reshape(own.shape) % 2)  # owners 0 and 1 alternate
-    a, b, c = _unit([1, 0, 0], [0.6, 0.8, 0], [0.8, 0.6, 0])
-    kinds = ("image", "instruction", "answer")
-    m.embeddings = {j: {k: v for k in kinds} for j, v in enumerate((a, b, c))}
-    m.on_task_start(2, dm=object())  # the embeddings are cached: no data needed
-    sim = task_similarity([m.embeddings[j] for j in range(3)])
-    assert m.similarity is not None and torch.allclose(m.similarity, sim)
-    for n in names:
-        own = m.owner(n)
-        expected = torch.where(own == 0, 1 - sim[2, 0], 1 - sim[2, 1])
-        assert torch.allclose(m.importance(n), expected.expand_as(own))
-    info = m.task_info(2)
-    assert info["task_similarity"] == sim.tolist()
-    expected_to = {"task0": float(sim[2, 0]), "task1": float(sim[2, 1])}
-    assert info["similarity_to"] == pytest.approx(expected_to)
-    from mcl.runner import _numbers  # what the loggers receive: the flat numbers
-
-    logged = _numbers(info, "method/")
-    assert logged["method/similarity_to/task1"] == pytest.approx(float(sim[2, 1]))
-    assert sum(info["importance_owner_share"]) == pytest.approx(1.0)
-
-
-@pytest.mark.parametrize("in_place", [True, False])
-def test_tir_without_similarity_rescaling_keeps_the_max_merged_importance(in_place):
-    m = _method(TIREWC, rescale_by_similarity=False, rescale_in_place=in_place)
-    names = sorted(m.trainable_named())
-    before = {}
-    for n in names:
-        m.importance(n).uniform_()
-        m.owner(n).copy_((torch.arange(m.owner(n).numel()) % 2).reshape(m.owner(n).shape))
-        before[n] = m.importance(n).clone()
-    a, b, c = _unit([1, 0, 0], [0.6, 0.8, 0], [0.8, 0.6, 0])
-    m.embeddings = {
-        j: {k: v for k in ("image", "instruction", "answer")} for j, v in enumerate((a, b, c))
-    }
-    m.on_task_start(2, dm=object())
-    assert m.similarity is not None and float(m.similarity[2, 0]) > 0.1  # still computed, logged
-    for n in names:
-        assert torch.equal(m.weight(n), before[n])
 
 
 # ---------------------------------------------------------------- EProj
@@ -235,32 +157,6 @@ def test_eproj_end_to_end_freezes_earlier_experts_and_reports_retrieval(tmp_path
     assert set(last) == {"color", "position"} and all("task_id_acc" in v for v in last.values())
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["method_info"][1]["experts"] == 2
-
-
-def test_tir_owner_share_reads_only_the_totals_from_the_device():
-    """The share of importance each task owns is counted where the owners live: what comes to
-    the host is task + 1 numbers, not a copy of every element's owner."""
-    m = _method(TIREWC)
-    names = sorted(m.trainable_named())
-    for i, n in enumerate(names):
-        own = m.owner(n)
-        own.copy_((torch.arange(own.numel()).reshape(own.shape) + i) % 4 - 1)  # -1, 0, 1, 2
-    flat = torch.cat([m.owner(n).flatten() for n in names])
-    want = torch.stack([(flat == t).sum() for t in range(3)]).float()
-    copied = []
-    cpu = torch.Tensor.cpu
-
-    def spy(self, *args, **kwargs):
-        copied.append(self.numel())
-        return cpu(self, *args, **kwargs)
-
-    torch.Tensor.cpu = spy
-    try:
-        info = m.task_info(2)
-    finally:
-        torch.Tensor.cpu = cpu
-    assert info["importance_owner_share"] == pytest.approx((want / want.sum()).tolist())
-    assert copied and max(copied) <= 3
 
 
 def test_eproj_key_phase_draws_its_batches_once_and_as_before(bench):

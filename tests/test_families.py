@@ -12,7 +12,6 @@ models in one line. Nothing is downloaded.
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,13 +24,13 @@ from transformers import PreTrainedTokenizerFast
 
 from mcl.adapters.moe_lora import MoELoRALinear
 from mcl.adapters.smolora import SMoLoRALinear
-from mcl.config import CONF_DIR, ConfigError
+from mcl.config import ConfigError
 from mcl.data.synthetic import tasks as T
 from mcl.models.hf import FAMILIES, load_hf, load_llava, processor_class, wrap_hf
 from mcl.models.mllm import IGNORE_INDEX, model_inputs
 from mcl.models.tiny import IMAGE_MEAN, IMAGE_STD, SPECIALS, build_tiny, pre_tokenizer, words_of
 from mcl.models.xmodal import attach_xmodal
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, method_cfg
 from tests.test_collate import TEXT, VISION
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")
@@ -259,8 +258,7 @@ def _load(saved, family):
 
 
 def _method(name: str, **over):
-    cfg = OmegaConf.load(Path(CONF_DIR) / "method" / f"{name}.yaml")
-    return instantiate(OmegaConf.merge(cfg, over))
+    return instantiate(OmegaConf.merge(method_cfg(name), over))
 
 
 def _image_token_id(mllm) -> int:

@@ -121,7 +121,7 @@ def test_fsdp_cpu_with_a_parameter_penalty(tmp_path):
     out = Path(cfg.paths.output_dir)
     assert run(cfg, out)["complete"]
     state = load_file(str(out / "checkpoints" / "task00" / "adapters.safetensors"))
-    importance = [v for k, v in state.items() if k.startswith("reg.importance__")]
+    importance = [v for k, v in state.items() if k.startswith("plugins.ewc.importance__")]
     assert importance and any(v.abs().sum() > 0 for v in importance)
 
 

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 import torch
 from torch import nn
 
 from mcl.adapters.moe_lora import MoELoRALinear
 from mcl.data.bench import Benchmark
-from mcl.data.datamodule import ContinualDataModule, Share
-from mcl.methods.ewc import EWC
-from mcl.methods.lwf import LwF
-from mcl.methods.mas import MAS
+from mcl.data.datamodule import ContinualDataModule
 from mcl.methods.moelora import MoELoRA
 from mcl.methods.olora import OLoRA
-from mcl.methods.replay import Replay
 from mcl.methods.seq_ft import SeqFT
 from mcl.models.tiny import build_tiny
 from tests.test_collate import TEXT, VISION
@@ -46,146 +40,6 @@ def _shift(m, delta: float) -> None:
     with torch.no_grad():
         for n, p in m.trainable_named().items():
             p.copy_(m.anchor(n) + delta)
-
-
-# ---------------------------------------------------------------- EWC / MAS
-def test_ewc_penalty_is_zero_at_the_anchor_and_grows_quadratically():
-    m = _method(EWC, lam=3.0, half=True)
-    m.on_task_start(0, None)
-    names = sorted(m.trainable_named())
-    for i, n in enumerate(names):
-        m.importance(n).fill_(0.1 * (i + 1))
-    assert float(m.penalty().detach()) == 0.0
-    _shift(m, 0.01)
-    p1 = float(m.penalty().detach())
-    _shift(m, 0.02)
-    p2 = float(m.penalty().detach())
-    assert p1 > 0 and p2 == pytest.approx(4 * p1, rel=1e-4)
-    n_el = {n: m.trainable_named()[n].numel() for n in names}
-    expected = 3.0 * 0.5 * sum(0.1 * (i + 1) * n_el[n] * 0.02**2 for i, n in enumerate(names))
-    assert p2 == pytest.approx(expected, rel=1e-4)
-    # the penalty's gradient pulls back towards the anchor: lam * Omega * (theta - theta*)
-    m.penalty().backward()
-    n0 = names[0]
-    g = m.trainable_named()[n0].grad
-    assert torch.allclose(g, torch.full_like(g, 3.0 * 0.1 * 0.02), rtol=1e-4)
-
-
-def test_ewc_importance_is_the_mean_squared_gradient_and_accumulates(bench):
-    m = _method(EWC, importance_batches=2, normalize=False)
-    dm = ContinualDataModule(bench, m.mllm.collator, batch_size=4)
-    dm.set_task(0)
-    m.on_task_start(0, dm)
-    with torch.no_grad():  # LoRA B starts at 0: give every LoRA tensor a gradient
-        for p in m.trainable_named().values():
-            p.normal_(0, 0.05)
-    batches = list(m.task_batches(dm))
-    assert len(batches) == 2
-    manual = {n: torch.zeros_like(p) for n, p in m.trainable_named().items()}
-    for b in batches:
-        m.zero_grad()
-        m.mllm(**b).loss.backward()
-        for n, p in m.trainable_named().items():
-            manual[n] += p.grad.pow(2) / 2
-    m.on_task_end(0, dm)
-    for n in manual:
-        assert torch.allclose(m.importance(n), manual[n], rtol=1e-4, atol=1e-12)
-    assert any(bool(m.importance(n).any()) for n in manual)
-    # a second task adds its importance to the first (gamma = 1)
-    before = {n: m.importance(n).clone() for n in manual}
-    m.on_task_end(0, dm)
-    for n in manual:
-        assert torch.allclose(m.importance(n), 2 * before[n], rtol=1e-4, atol=1e-12)
-    # normalized (the default), each task's importance sums to 1, proportions unchanged
-    m.normalize = True
-    norm = m.estimate_importance(batches)
-    assert sum(float(v.sum()) for v in norm.values()) == pytest.approx(1.0, rel=1e-5)
-    total = sum(float(v.sum()) for v in manual.values())
-    assert all(torch.allclose(norm[n], manual[n] / total, rtol=1e-3, atol=1e-12) for n in manual)
-    # no penalty in the first task, a penalty once there is importance
-    m.on_task_start(1, dm)
-    assert m._active and m.extra_loss({}, None) is not None
-
-
-def test_mas_importance_is_label_free_and_differs_from_ewc(bench):
-    m = _method(MAS, importance_batches=1, normalize=False)
-    _, batch = _batch(m, bench)
-    with torch.no_grad():
-        for p in m.trainable_named().values():
-            p.normal_(0, 0.05)
-    imp = m.estimate_importance([batch])
-    scrambled = dict(batch, labels=torch.where(batch["labels"] >= 0, 3, batch["labels"]))
-    imp2 = m.estimate_importance([scrambled])
-    assert all(torch.equal(imp[n], imp2[n]) for n in imp)  # labels play no part
-    assert all(bool((v >= 0).all()) for v in imp.values())
-    # |d mean_token ||logits||^2 / d theta|, not EWC's squared LM-loss gradient
-    m.zero_grad()
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = m.mllm(**inputs).logits
-    logits.pow(2).sum(-1)[batch["attention_mask"].bool()].mean().backward()
-    for n, p in m.trainable_named().items():
-        assert torch.allclose(imp[n], p.grad.abs(), rtol=1e-4, atol=1e-10)
-    m.zero_grad()
-    m.mllm(**batch).loss.backward()
-    assert any(not torch.allclose(imp[n], p.grad.pow(2)) for n, p in m.trainable_named().items())
-
-
-# ---------------------------------------------------------------- replay
-def test_replay_buffer_holds_the_asked_share_of_each_old_task(bench):
-    m = _method(Replay, share=0.25)
-    dm = ContinualDataModule(bench, m.mllm.collator, batch_size=8, seed=0)
-    mix = m.train_mixture(2, bench)
-    assert mix == {0: Share(0.25, 0), 1: Share(0.25, 0), 2: Share(1.0)}
-    assert m.train_mixture(0, bench) is None  # nothing to replay before the second task
-    dm.set_task(2, mix=mix)
-    for j in (0, 1):
-        buf = dm.buffer(j, mix[j])
-        assert len(buf) == 10  # 25% of 40
-        assert {s["task"] for s in buf} == {bench.task_names[j]}
-    # the epoch is the concatenation: 40 current + 2 x 10 buffered samples
-    samples = list(dm.train_dataloader().dataset)
-    assert len(samples) == 60
-    c = Counter(s["task"] for s in samples)
-    assert 0.2 < (c["color"] + c["count"]) / 60 < 0.47  # expected 1/3
-    # replayed samples come only from the buffers
-    keys = {s["key"] for j in (0, 1) for s in dm.buffer(j, mix[j])}
-    assert {s["key"] for s in samples if s["task"] != "ocr"} <= keys
-    # the same buffer at every later task; another seed draws other samples
-    dm.set_task(1, mix=m.train_mixture(1, bench))
-    assert [s["key"] for s in dm.buffer(0, Share(0.25, 0))] == [
-        s["key"] for s in dm.buffer(0, mix[0])
-    ]
-    other = {s["key"] for s in dm.buffer(0, Share(0.25, 1))}
-    assert other != {s["key"] for s in dm.buffer(0, mix[0])}
-
-
-def test_replay_default_share_is_one_percent_and_bad_shares_are_refused():
-    assert Replay().share == 0.01
-    assert Share(0.01).size(4000) == 40 and Share(0.01).size(40) == 1  # at least one sample
-    with pytest.raises(ValueError, match="share"):
-        Replay(share=0)
-
-
-# ---------------------------------------------------------------- LwF
-def test_lwf_distillation_is_zero_against_itself_and_grows_when_the_student_moves(bench):
-    m = _method(LwF)
-    m.on_task_start(0, None)
-    _, batch = _batch(m, bench)
-    assert m.extra_loss(batch, m.mllm(**batch)) is None  # no teacher in the first task
-    with torch.no_grad():
-        for p in m.trainable_named().values():
-            p.normal_(0, 0.05)
-    m.on_task_start(1, None)
-    teacher = {n: t.clone() for n, t in m._teacher.items()}
-    assert float(m.extra_loss(batch, m.mllm(**batch)).detach()) == pytest.approx(0.0, abs=1e-6)
-    with torch.no_grad():
-        for p in m.trainable_named().values():
-            p.add_(torch.randn_like(p) * 0.2)
-    loss = m.extra_loss(batch, m.mllm(**batch))
-    assert float(loss.detach()) > 1e-4
-    loss.backward()  # the gradient reaches the student, the teacher's copies stay as they were
-    assert all(p.grad is not None for p in m.trainable_named().values())
-    assert all(torch.equal(teacher[n], m._teacher[n]) for n in teacher)
 
 
 # ---------------------------------------------------------------- MoELoRA

@@ -27,7 +27,7 @@ from mcl.data.synthetic import tasks as T
 from mcl.models import arch
 from mcl.models.hf import FAMILIES
 from mcl.models.mllm import model_inputs
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, method_cfg
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parent.parent
@@ -385,7 +385,7 @@ def test_the_activation_formula_matches_what_autograd_saves(method):
     torch.manual_seed(0)
     mllm = build_tiny(text, vision)
     mllm.model.to(torch.bfloat16)
-    m = instantiate(OmegaConf.load(CONF_DIR / "method" / f"{method}.yaml"))
+    m = instantiate(method_cfg(method))
     m.setup_model(mllm)
     m.on_task_start(0, None)
     for p in m.parameters():  # trainable tensors are fp32 over the bf16 base

@@ -17,11 +17,21 @@ A method is a LightningModule holding the MLLM plus its own modules, and a handf
 - ``param_groups()``       optimizer parameter groups (a part may train at its own lr).
 
 Gradient surgery goes in callbacks (``callbacks()``), run in ``on_before_optimizer_step``.
+
+Regularisers and rehearsal are plugins (``plugins``: :mod:`mcl.plugins`), not subclasses. Each
+plugin hook runs when the method's own hook of that moment has returned: ``setup_model``,
+``on_task_start``, ``on_task_end`` and ``task_info`` overrides are wrapped when a subclass is
+defined (``__init_subclass__``), and the plugins run once the outermost call (the whole
+``super()`` chain) is done, so they see the task's final trainable set whatever the method adds
+(plugins may refuse the model before ``setup_model`` starts). Their loss terms are summed into
+``training_step``'s loss, their mixture is ``train_mixture``'s; their tensors are the method's
+(``plugins.<name>.*`` in ``adapter_state``). Subclasses keep writing plain hooks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import lightning as L
@@ -29,6 +39,41 @@ import torch
 
 from mcl.models.mllm import MLLM, model_inputs
 from mcl.models.precision import HALF, fp32_boundary
+from mcl.plugins.registry import build_plugins, check_plugins
+
+#: method hooks followed by their plugins' hook (the name of the method that runs them)
+_PLUGGED = {
+    "setup_model": "_plugins_setup",
+    "on_task_start": "_plugins_before_task",
+    "on_task_end": "_plugins_after_task",
+    "task_info": "_plugins_task_info",
+}
+
+
+def _then_plugins(hook, after: str):
+    """``hook``, then (only when it is the outermost call of that hook on this object) the
+    plugins' part: ``after(result, *args)`` whose value is returned. The outermost
+    ``setup_model`` first lets the plugins refuse the model, before anything touches it."""
+
+    @functools.wraps(hook)
+    def run(self, *args, **kwargs):
+        depth = self.__dict__.setdefault("_hook_depth", {})
+        name = hook.__name__
+        outermost = not depth.get(name) and self.__dict__.get("_plugins_on", True)
+        if outermost and name == "setup_model":
+            for plugin in self.plugins.values():
+                plugin.check_model(self, *args, **kwargs)
+        depth[name] = depth.get(name, 0) + 1
+        try:
+            out = hook(self, *args, **kwargs)
+        finally:
+            depth[name] -= 1
+        if depth[name] or not self.__dict__.get("_plugins_on", True):
+            return out
+        return getattr(self, after)(out, *args, **kwargs)
+
+    run._then_plugins = True
+    return run
 
 
 class ContinualMethod(L.LightningModule):
@@ -47,9 +92,17 @@ class ContinualMethod(L.LightningModule):
         min_lr_ratio: float = 0.1,
         parts: tuple[str, ...] = (),
         parts_lr: float | None = None,
+        plugins=None,
     ):
         super().__init__()
         self.method_name = name
+        # regularisers / rehearsal (mcl.plugins): children, so their tensors are checkpointed
+        built = build_plugins(plugins)
+        if built and not self.trains:
+            raise ValueError(f"{name} does not train: plugins would do nothing; drop them")
+        own_mixture = type(self).train_mixture is not ContinualMethod.train_mixture
+        check_plugins(built, name, {"train_mixture"} if own_mixture else set())
+        self.plugins = torch.nn.ModuleDict({p.name: p for p in built})
         # model parts fine-tuned in full beside the method's own modules (``projector``, ``lm``,
         # ``vision``), at their own lr: MCITlib trains the projector at 2e-5 beside LoRA at 2e-4
         self.parts, self.parts_lr = list(parts or []), parts_lr
@@ -157,8 +210,57 @@ class ContinualMethod(L.LightningModule):
 
     def train_mixture(self, task: int, bench) -> dict[int, float] | None:
         """Tasks to train on during ``task`` as ``{task index: weight}``; None = ``task`` alone.
-        Joint training and replay mix earlier tasks in."""
+        Joint training overrides it; a rehearsal plugin (replay) gives it otherwise (at most
+        one of them: checked when the method is built)."""
+        for plugin in self.plugins.values():
+            mix = plugin.adapt_train_data(self, task, bench)
+            if mix is not None:
+                return mix
         return None
+
+    # ------------------------------------------------------------------ plugins
+    def _plugins_setup(self, out, mllm):
+        for plugin in self.plugins.values():
+            plugin.setup(self)
+        return out
+
+    def _plugins_before_task(self, out, task: int, dm):
+        for plugin in self.plugins.values():
+            plugin.before_task(self, task, dm)
+        return out
+
+    def _plugins_after_task(self, out, task: int, dm):
+        for plugin in self.plugins.values():
+            plugin.after_task(self, task, dm)
+        return out
+
+    def _plugins_task_info(self, info: dict, task: int) -> dict:
+        info = dict(info or {})
+        for plugin in self.plugins.values():
+            extra = plugin.task_info(self, task)
+            clash = sorted(set(extra) & set(info))
+            if clash:
+                raise ValueError(f"plugin {plugin.name} reports {clash[0]}, already reported")
+            info.update(extra)
+        return info
+
+    @contextlib.contextmanager
+    def plugins_paused(self):
+        """The method's own hooks only (the planner: plugins read data and values and add no
+        parameters)."""
+        was = self.__dict__.get("_plugins_on", True)
+        self.__dict__["_plugins_on"] = False
+        try:
+            yield
+        finally:
+            self.__dict__["_plugins_on"] = was
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for hook, after in _PLUGGED.items():
+            fn = cls.__dict__.get(hook)
+            if fn is not None and not getattr(fn, "_then_plugins", False):
+                setattr(cls, hook, _then_plugins(fn, after))
 
     def expected_trainable(self) -> set[str]:
         """Names of parameters that must train in the current task (the runner asserts it):
@@ -209,6 +311,10 @@ class ContinualMethod(L.LightningModule):
         if extra is not None:
             self.log("train/extra_loss", extra.detach(), prog_bar=False)
             loss = loss + extra
+        for name, plugin in self.plugins.items():  # named and additive; each one logged
+            for term, value in plugin.loss_terms(self, batch, out).items():
+                self.log(f"train/{name}/{term}", value.detach(), prog_bar=False)
+                loss = loss + value
         self.log("train/loss", out.loss.detach(), prog_bar=True)
         self.log("train/skipped", batch["n_skipped"].float(), reduce_fx="sum")
         return loss
@@ -253,6 +359,7 @@ class ContinualMethod(L.LightningModule):
         return (
             name in parts
             or name.startswith("mllm.xmodal.")  # trained per modality, so always saved
+            or name.startswith("plugins.")  # the plugins' statistics (importance, anchors)
             # peft renames a wrapped weight "x.weight" -> "x.base_layer.weight": still base
             or (name not in base and name.replace(".base_layer", "") not in base)
         )
@@ -323,3 +430,7 @@ class ContinualMethod(L.LightningModule):
                 f"{tuple(own[k].shape)}: it is another run's"
             )
         self.load_state_dict(state, strict=False)
+
+
+for _hook, _after in _PLUGGED.items():  # the base's own hooks too (a method may not override one)
+    setattr(ContinualMethod, _hook, _then_plugins(getattr(ContinualMethod, _hook), _after))

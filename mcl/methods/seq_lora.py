@@ -3,9 +3,10 @@
 LoRA is injected with peft into the language model's attention projections only (the vision
 tower's layers share names, so the target regex is rooted at ``language_model``).
 
-This class is also the trainable part the regularisation and replay baselines share: ``r`` sets
-the LoRA (0 = none) and ``parts`` (see ContinualMethod) lists model parts fine-tuned in full. The
-EProj codebase's baselines train only the connector: ``r: 0, parts: [projector]``.
+This class is also the trainable part of the regularisation and replay baselines (``ewc``,
+``mas``, ``lwf``, ``replay``, ``tir_ewc``, ``tir_mas``: seq_lora plus one plugin, mcl/plugins):
+``r`` sets the LoRA (0 = none) and ``parts`` (see ContinualMethod) lists model parts fine-tuned in
+full. The EProj codebase's baselines train only the connector: ``r: 0, parts: [projector]``.
 """
 
 from __future__ import annotations

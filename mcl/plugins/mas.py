@@ -1,4 +1,4 @@
-"""mas: Memory Aware Synapses (Aljundi et al. 2018) — ewc's penalty with MAS's importance: the
+"""mas: Memory Aware Synapses (Aljundi et al. 2018): ewc's penalty with MAS's importance, the
 mean absolute gradient of the squared L2 norm of the model's output logits (label-free).
 
 The norm is taken per token over the vocabulary and averaged over the non-padding positions of
@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from mcl.methods.ewc import EWC
+from mcl.plugins.ewc import EWCPlugin
 
 
-class MAS(EWC):
-    def __init__(self, name: str = "mas", **kw):
-        super().__init__(name=name, **kw)
+class MASPlugin(EWCPlugin):
+    name = "mas"
 
-    def importance_loss(self, batch: dict) -> torch.Tensor:
+    def importance_loss(self, method, batch: dict) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = self.mllm(**inputs).logits
+        logits = method.mllm(**inputs).logits
         mask = batch["attention_mask"].bool()
         return logits.pow(2).sum(-1)[mask].mean()
 
