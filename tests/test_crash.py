@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import mcl.runner as runner_mod
+import mcl.runner.checkpoint as checkpoint_mod
 from mcl.train import run, user_error
 from tests.conftest import MICRO, compose_cfg
 
@@ -69,14 +69,14 @@ def test_a_full_disk_while_checkpointing_keeps_finished_work_and_resumes(tmp_pat
     cfg = compose_cfg(tmp_path / "a", over)
     full = run(cfg, Path(cfg.paths.output_dir))
 
-    real = runner_mod.atomic_write_bytes
+    real = checkpoint_mod.atomic_write_bytes
 
     def disk_full_at_task_2(path, data):
         if "task01" in str(path):
             raise OSError(errno.ENOSPC, f"no space left on device while writing {path}")
         return real(path, data)
 
-    monkeypatch.setattr(runner_mod, "atomic_write_bytes", disk_full_at_task_2)
+    monkeypatch.setattr(checkpoint_mod, "atomic_write_bytes", disk_full_at_task_2)
     cfg = compose_cfg(tmp_path / "b", over)
     out = Path(cfg.paths.output_dir)
     with pytest.raises(OSError) as info:

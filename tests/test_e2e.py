@@ -15,12 +15,13 @@ from mcl.train import run
 from tests.conftest import MICRO, compose_cfg
 
 THREE = ["bench.tasks=[color,position,count]"]
+EXTRAS = ["++bench.extra_scores=[mif]"]  # a benchmark's declared extra per-cell score
 
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    cfg = compose_cfg(tmp, MICRO + THREE)
+    cfg = compose_cfg(tmp, MICRO + THREE + EXTRAS)
     results = run(cfg, Path(cfg.paths.output_dir))
     return tmp, cfg, results
 
@@ -104,7 +105,7 @@ def test_resume_after_a_crash_gives_the_same_matrix(first_run, tmp_path, micro_o
     partial = json.loads((crashed / "results.json").read_text())
     partial.update(complete=False, matrix=state["matrix"])
     (crashed / "results.json").write_text(json.dumps(partial))
-    cfg = compose_cfg(tmp_path, micro_overrides + THREE + ["resume=true"])
+    cfg = compose_cfg(tmp_path, micro_overrides + THREE + EXTRAS + ["resume=true"])
     resumed = run(cfg, Path(cfg.paths.output_dir))
     assert resumed["matrix"] == json.loads(json.dumps(results["matrix"]))
     assert len(resumed["params"]) == 3 and len(resumed["timings"]["train_s"]) == 3
@@ -199,6 +200,7 @@ def test_joint_trains_on_a_growing_mixture(tmp_path):
     cfg = compose_cfg(tmp_path, [*MICRO, "method=joint"])
     res = run(cfg, Path(cfg.paths.output_dir))
     assert res["method"] == "joint" and res["complete"]
+    assert res["reference"] is True  # the upper bound: a report never marks it best
     from mcl.methods.joint import Joint
 
     class B:
@@ -225,6 +227,7 @@ def test_every_baseline_runs_end_to_end(tmp_path, method):
     cfg = compose_cfg(tmp_path, [*MICRO, f"method={method}", "++method.lr=1e-2"])
     res = run(cfg, Path(cfg.paths.output_dir))
     assert res["complete"] and res["method"] == method
+    assert res["reference"] is (method == "zero_shot")  # the lower bound
     trainable = [p["trainable"] for p in res["params"]]
     if method == "zero_shot":  # nothing trains: every row is the zero-shot row
         assert trainable == [0, 0]
@@ -260,7 +263,7 @@ def test_methods_with_task_state_resume_to_the_same_matrix(tmp_path, method):
     assert resumed["matrix"] == json.loads(json.dumps(full["matrix"]))
 
 
-def test_mif_per_task_and_rescoring_a_finished_run(first_run, tmp_path):
+def test_extra_scores_per_task_and_rescoring_a_finished_run(first_run, tmp_path):
     from mcl.eval.rescore import main as rescore_main
     from mcl.eval.rescore import rescore_run
     from mcl.report import main as report_main
@@ -268,13 +271,16 @@ def test_mif_per_task_and_rescoring_a_finished_run(first_run, tmp_path):
     tmp, _, results = first_run
     out = tmp / "run"
     r = json.loads((out / "results.json").read_text())
-    assert set(r["mif_scores"][3]) == {"color", "position", "count", "compose"}
+    assert set(r["extra_scores"][3]) == {"color", "position", "count", "compose"}
+    assert all(set(cell) == {"mif"} for cell in r["extra_scores"][3].values())
     assert r["scorer_mode"] == "strict" and 0 <= r["metrics"]["MIF"] <= 100
+    assert r["reference"] is False  # seq_lora is a contender, not a bound
     before = (out / "results.json").read_bytes()
     # re-scoring under the same convention reproduces the run's numbers exactly
     same = rescore_run(out, "strict")
     assert same["matrix"] == r["matrix"] and same["unseen_matrix"] == r["unseen_matrix"]
-    assert same["mif_scores"] == r["mif_scores"] and same["if_scores"] == r["if_scores"]
+    assert same["extra_scores"] == r["extra_scores"] and same["if_scores"] == r["if_scores"]
+    assert same["metrics"] == r["metrics"]
     # another convention rescored from the saved answers; results.json is never touched
     assert rescore_main([str(out), "--scorer-mode", "lower_exact"]) == 0
     low = json.loads((out / "results.lower_exact.json").read_text())
