@@ -103,10 +103,11 @@ def test_the_runner_names_no_method_and_no_paper():
     import re
     from pathlib import Path
 
-    import mcl.methods
+    import mcl
     import mcl.runner
 
-    names = {p.stem for p in Path(mcl.methods.__file__).parent.glob("*.py")}
+    root = Path(mcl.__file__).parent
+    names = {p.stem for d in ("methods", "plugins") for p in (root / d).glob("*.py")}
     names = (names - {"__init__", "base"}) | {"smolora", "mif"}
     for path in Path(mcl.runner.__file__).parent.glob("*.py"):
         text = path.read_text().lower()
