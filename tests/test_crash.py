@@ -1,6 +1,6 @@
-"""Crashes that must lose nothing finished: ``python -m mcl.train`` killed with SIGKILL during
-task 3 of 4, and a disk that fills up while a checkpoint is written. In both, the same command
-with ``resume=true`` must end with the matrix of an uninterrupted run."""
+"""Crashes that must lose nothing finished: ``python -m mcl.train`` killed with SIGKILL at a
+step of task 3 of 4, and a disk that fills up while a checkpoint is written. In both, the same
+command with ``resume=true`` must end with the matrix of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -10,29 +10,45 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-import mcl.runner as runner_mod
+import mcl.runner.checkpoint as checkpoint_mod
 from mcl.train import run, user_error
 from tests.conftest import MICRO, compose_cfg
 
 FOUR = [o for o in MICRO if not o.startswith("bench.tasks")] + [
     "bench.tasks=[color,count,position,ocr]",
-    "train.steps=30",  # long enough to be killed inside task 3
+    "train.steps=8",
 ]
 
 
-def _cmd(root: Path, out: Path, *extra: str) -> list[str]:
+def _cmd(root: Path, out: Path, *extra: str, prelude: str = "") -> list[str]:
+    """``python -m mcl.train`` with the test's overrides; ``prelude`` runs first in the child."""
+    main = f"{prelude}\nimport runpy; runpy.run_module('mcl.train', run_name='__main__')"
     return [
-        sys.executable, "-m", "mcl.train", *FOUR, *extra,
+        sys.executable, "-c", main, *FOUR, *extra,
         f"paths.log_dir={root}/logs", f"paths.data_dir={root}/data",
         f"paths.cache_dir={root}/cache", f"hydra.run.dir={out}", "progress=false",
     ]  # fmt: skip
 
 
+# the child kills itself with SIGKILL at task 3's fifth optimizer step: a known point inside
+# the task, whatever the machine's speed
+KILL_IN_TASK_3 = """
+import os, signal
+from mcl.methods.base import ContinualMethod
+real = ContinualMethod.training_step
+def step(self, batch, i):
+    if self.current_task == 2 and self.trainer.global_step == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, batch, i)
+ContinualMethod.training_step = step
+"""
+
+
+@pytest.mark.slow
 def test_sigkill_during_task_3_then_resume_gives_the_same_matrix(tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     full_dir = tmp_path / "full"
@@ -40,19 +56,9 @@ def test_sigkill_during_task_3_then_resume_gives_the_same_matrix(tmp_path):
     full = json.loads((full_dir / "results.json").read_text())
 
     out = tmp_path / "crashed"
-    proc = subprocess.Popen(
-        _cmd(tmp_path, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    done2 = out / "checkpoints" / "task01" / "state.json"
-    deadline = time.time() + 600
-    while not done2.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert done2.exists(), "the run never finished task 2"
-    # task 3 on the micro model now takes well under a second (faster collation): kill soon
-    time.sleep(0.1)  # after task 2 saved: inside task 3 (its start or its training)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    proc = subprocess.run(_cmd(tmp_path, out, prelude=KILL_IN_TASK_3), env=env, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert (out / "checkpoints" / "task01" / "state.json").exists()  # task 2 was saved
     assert not (out / "checkpoints" / "task02").exists()  # it died during task 3
     partial = json.loads((out / "results.json").read_text())
     assert partial["complete"] is False and partial["matrix"][3] == [None] * 4
@@ -69,14 +75,14 @@ def test_a_full_disk_while_checkpointing_keeps_finished_work_and_resumes(tmp_pat
     cfg = compose_cfg(tmp_path / "a", over)
     full = run(cfg, Path(cfg.paths.output_dir))
 
-    real = runner_mod.atomic_write_bytes
+    real = checkpoint_mod.atomic_write_bytes
 
     def disk_full_at_task_2(path, data):
         if "task01" in str(path):
             raise OSError(errno.ENOSPC, f"no space left on device while writing {path}")
         return real(path, data)
 
-    monkeypatch.setattr(runner_mod, "atomic_write_bytes", disk_full_at_task_2)
+    monkeypatch.setattr(checkpoint_mod, "atomic_write_bytes", disk_full_at_task_2)
     cfg = compose_cfg(tmp_path / "b", over)
     out = Path(cfg.paths.output_dir)
     with pytest.raises(OSError) as info:

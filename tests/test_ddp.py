@@ -59,7 +59,7 @@ def test_ddp_cpu_splits_the_data_and_keeps_the_results_contract(tmp_path, monkey
 
 
 def test_merge_ranks_restores_the_single_process_order_and_weights_method_numbers():
-    from mcl.runner import _merge_ranks
+    from mcl.runner.evaluate import merge_ranks
 
     recs = [{"key": f"k{i}"} for i in range(11)]  # batches of 2: b0..b5, the last one short
     batches = [recs[i : i + 2] for i in range(0, 11, 2)]
@@ -67,12 +67,12 @@ def test_merge_ranks_restores_the_single_process_order_and_weights_method_number
     for r in range(3):  # rank r answered batches r, r + 3
         mine = [x for b, chunk in enumerate(batches) if b % 3 == r for x in chunk]
         parts.append((mine, len(mine), {"task_id_acc": 100.0 * r, "note": f"r{r}"}, len(mine)))
-    records, n_format, extra = _merge_ranks(parts, batch_size=2)
+    records, n_format, extra = merge_ranks(parts, batch_size=2)
     assert records == recs and n_format == 11
     # sizes 4, 4, 3: the accuracy is the per-sample mean, other values are rank 0's
     assert extra["task_id_acc"] == (0 * 4 + 100 * 4 + 200 * 3) / 11
     assert extra["note"] == "r0"
-    assert _merge_ranks([(recs, 5, {"a": 1.0}, 11)], 2) == (recs, 5, {"a": 1.0})
+    assert merge_ranks([(recs, 5, {"a": 1.0}, 11)], 2) == (recs, 5, {"a": 1.0})
 
 
 def test_hardware_ddp_runs_the_whole_command_per_rank_and_rank_0_writes_once(tmp_path):

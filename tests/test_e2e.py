@@ -199,6 +199,7 @@ def test_joint_trains_on_a_growing_mixture(tmp_path):
     cfg = compose_cfg(tmp_path, [*MICRO, "method=joint"])
     res = run(cfg, Path(cfg.paths.output_dir))
     assert res["method"] == "joint" and res["complete"]
+    assert res["reference"] is True  # the upper bound: a report never marks it best
     from mcl.methods.joint import Joint
 
     class B:
@@ -225,6 +226,7 @@ def test_every_baseline_runs_end_to_end(tmp_path, method):
     cfg = compose_cfg(tmp_path, [*MICRO, f"method={method}", "++method.lr=1e-2"])
     res = run(cfg, Path(cfg.paths.output_dir))
     assert res["complete"] and res["method"] == method
+    assert res["reference"] is (method == "zero_shot")  # the lower bound
     trainable = [p["trainable"] for p in res["params"]]
     if method == "zero_shot":  # nothing trains: every row is the zero-shot row
         assert trainable == [0, 0]

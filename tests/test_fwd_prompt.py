@@ -208,7 +208,13 @@ def test_row_0_is_the_untouched_base_as_zero_shot_answers(tmp_path):
         runner.evaluate_row(0, list(range(len(runner.bench.tasks))))
         preds = tmp_path / name / "run" / "predictions" / "row0"
         answers = {p.name: p.read_text() for p in sorted(preds.glob("*.jsonl"))}
-        got[name] = (batch["input_ids"], logits, runner.matrix[0], runner.unseen[0], answers)
+        got[name] = (
+            batch["input_ids"],
+            logits,
+            runner.state.matrix[0],
+            runner.state.unseen_matrix[0],
+            answers,
+        )
     (ids_z, logit_z, *rest_z), (ids_f, logit_f, *rest_f) = got["zero_shot"], got["fwd_prompt"]
     assert torch.equal(ids_f, ids_z)  # no slots
     assert torch.equal(logit_f, logit_z)

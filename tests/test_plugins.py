@@ -393,9 +393,9 @@ def test_tir_rescales_each_element_by_one_minus_the_similarity_to_its_owner():
     assert info["task_similarity"] == sim.tolist()
     expected_to = {"task0": float(sim[2, 0]), "task1": float(sim[2, 1])}
     assert info["similarity_to"] == pytest.approx(expected_to)
-    from mcl.runner import _numbers  # what the loggers receive: the flat numbers
+    from mcl.runner.results import numbers  # what the loggers receive: the flat numbers
 
-    logged = _numbers(info, "method/")
+    logged = numbers(info, "method/")
     assert logged["method/similarity_to/task1"] == pytest.approx(float(sim[2, 1]))
     assert sum(info["importance_owner_share"]) == pytest.approx(1.0)
 

@@ -6,8 +6,8 @@
 Every run keeps its answers (predictions/rowN/TASK.jsonl), so any scorer mode, per-task map or
 benchmark preset (e.g. one of cvit's `scorer_presets`: best-reference CIDEr, exact-match VQAv2,
 ...) can be applied afterwards. The matrix, unseen matrix, held-out IF and the benchmark's extra
-scores (`bench.extra_scores`, e.g. MIF) are recomputed through the same `score_records` the
-runner uses; everything else is copied. The result goes to
+scores (`bench.extra_scores`, e.g. MIF) are recomputed through the same `score_records` and
+run state (`RunState.record`) the runner uses; everything else is copied. The result goes to
 `results.NAME.json` next to the run's `results.json`, which is never touched.
 """
 
@@ -21,8 +21,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mcl.config import CONF_DIR
-from mcl.eval.metrics import continual_metrics, extra_keys, extra_names, instruction_metrics
+from mcl.eval.metrics import extra_keys, extra_names
 from mcl.eval.scorers import score_records, task_modes
+from mcl.runner.state import RunState
 from mcl.utils.io import atomic_write_json
 
 
@@ -71,13 +72,10 @@ def rescore_run(run_dir: str | Path, scorer_mode: str | dict) -> dict:
     except ValueError as e:
         raise RescoreError(f"--scorer-mode: {e}") from None
     extras = _extras(run)
-    T = len(tasks)
-    matrix = [[None] * T for _ in range(T + 1)]
-    unseen_matrix = [[None] * len(unseen) for _ in range(T + 1)]
-    if_scores: list[dict] = [{} for _ in range(T + 1)]
-    extra_scores: list[dict] = [{} for _ in range(T + 1)]
+    state = RunState.from_results(run)
+    state.clear_scores()  # refilled from the saved answers; the rest is the run's
     n_files = 0
-    for row in range(T + 1):
+    for row in range(len(tasks) + 1):
         for name in tasks + unseen:
             path = run_dir / "predictions" / f"row{row}" / f"{name}.jsonl"
             if not path.exists():
@@ -87,31 +85,19 @@ def rescore_run(run_dir: str | Path, scorer_mode: str | dict) -> dict:
                 s = score_records(_records(path), scorers[name], modes[name], extras)
             except ValueError as e:
                 raise RescoreError(f"{run_dir}: {e}") from None
-            if name in tasks:
-                matrix[row][tasks.index(name)] = s["score"]
-            else:
-                unseen_matrix[row][unseen.index(name)] = s["score"]
-            if s["held"] is not None:
-                if_scores[row][name] = s["held"]
-            if s["extras"]:
-                extra_scores[row][name] = s["extras"]
+            state.record(row, name, s)
     if not n_files:
         raise RescoreError(f"{run_dir} has no predictions/rowN/*.jsonl to re-score")
-    metrics = continual_metrics(matrix, unseen=unseen_matrix if unseen else None)
-    metrics |= instruction_metrics(
-        tasks, unseen, if_scores, run.get("format_scores") or [{}], extra_scores
-    )
     name = scorer_mode if isinstance(scorer_mode, str) else "per-task"
-    out = run | {
-        "matrix": matrix,
-        "unseen_matrix": unseen_matrix,
-        "if_scores": if_scores,
-        "extra_scores": extra_scores,
-        "metrics": metrics,
-        "scorer_mode": name,
-        "scorers": {t: {"scorer": scorers[t], "mode": modes[t]} for t in tasks + unseen},
-        "rescored_from": "results.json",
-    }
+    out = (
+        run
+        | state.results()
+        | {
+            "scorer_mode": name,
+            "scorers": {t: {"scorer": scorers[t], "mode": modes[t]} for t in tasks + unseen},
+            "rescored_from": "results.json",
+        }
+    )
     atomic_write_json(run_dir / f"results.{name}.json", out)
     return out
 

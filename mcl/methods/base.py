@@ -82,6 +82,8 @@ class ContinualMethod(L.LightningModule):
     #: whether the method is told, at test time, which task it is answering (an oracle; only
     #: where its paper does so). The runner then calls ``set_eval_task`` and records it.
     task_id_at_test = False
+    #: a reference bound, not a contender (results.json records it; reports never mark it best)
+    reference: bool = False
 
     def __init__(
         self,

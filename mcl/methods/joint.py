@@ -13,6 +13,8 @@ from mcl.methods.seq_lora import SeqLoRA
 
 
 class Joint(SeqLoRA):
+    reference = True  # the upper bound
+
     def __init__(self, name: str = "joint", cumulative: bool = True, **kw):
         super().__init__(name=name, **kw)
         self.cumulative = cumulative

@@ -11,6 +11,7 @@ from mcl.methods.base import ContinualMethod
 
 class ZeroShot(ContinualMethod):
     trains = False
+    reference = True  # the lower bound
 
     def __init__(self, name: str = "zero_shot", **training_options):
         # training options (lr, r, ...) a shared experiment preset may set mean nothing here
