@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mcl.adapters.dmole import DMoLELinear, TaskAutoencoder
-from mcl.methods.dmole import DMoLE, UpdateRatioCallback, allocate, round_half_up, zc_batches
+from mcl.callbacks.allocation import allocate, round_half_up
+from mcl.callbacks.curriculum import UpdateRatioCallback
+from mcl.methods.dmole import DMoLE, zc_batches
 from mcl.train import build, run
 from tests.conftest import MICRO, compose_cfg
 
@@ -272,14 +274,16 @@ def test_routing_rules_and_the_curriculum_rescale(tmp_path):
     lay.add_expert(0)
     p = lay.expert_params(0)[0]
     cb = UpdateRatioCallback(m)
-    (cb_scale,) = {w for q, w in m.update_weights() if q is p}
+    group = m.modality[next(iter(m.layers()))]
+    assert any(q is p for q in m.update_groups()[group])
+    cb_scale = m.update_ratios()[group]
     cb.on_train_batch_start(None, None, None, 0)
     old = p.detach().clone()
     with torch.no_grad():
         p.add_(1.0)
     cb.on_train_batch_end(None, None, None, None, 0)
     assert torch.allclose(p - old, torch.full_like(p, cb_scale))
-    assert cb_scale == pytest.approx(0.4 if m.modality[next(iter(m.layers()))] == "vision" else 1.6)
+    assert cb_scale == pytest.approx(0.4 if group == "vision" else 1.6)
 
 
 def test_the_second_task_needs_its_share_of_the_valid_votes(tmp_path):
