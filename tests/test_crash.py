@@ -18,6 +18,8 @@ import mcl.runner as runner_mod
 from mcl.train import run, user_error
 from tests.conftest import MICRO, compose_cfg
 
+pytestmark = pytest.mark.slow  # SIGKILL and full or read-only disks mid-run, then a resume
+
 FOUR = [o for o in MICRO if not o.startswith("bench.tasks")] + [
     "bench.tasks=[color,count,position,ocr]",
     "train.steps=12",

@@ -183,6 +183,7 @@ def two_task_run(tmp_path_factory):
     return tmp / "run", results, asked
 
 
+@pytest.mark.slow
 def test_runs_end_to_end_and_accounts_parameters(two_task_run):
     out, res, _ = two_task_run
     assert res["complete"] and res["method"] == "dmole"
@@ -197,6 +198,7 @@ def test_runs_end_to_end_and_accounts_parameters(two_task_run):
     assert all(i["route_granularity"] == "batch" for i in info)  # the code's, by default
 
 
+@pytest.mark.slow
 def test_routes_test_batches_to_their_task_well_above_chance(two_task_run):
     """Issue 26.9: after both tasks, each test batch's vote picks its own task (chance: 50%)."""
     _, res, _ = two_task_run
@@ -206,6 +208,7 @@ def test_routes_test_batches_to_their_task_well_above_chance(two_task_run):
             assert ev["task_id_acc"] >= 90 and ev["no_expert_pct"] <= 10, (row, name, ev)
 
 
+@pytest.mark.slow
 def test_training_consults_only_earlier_tasks_autoencoders(two_task_run):
     """Issue 26.9: training task t votes with the AEs of tasks < t (task 0: none, so only its
     own experts); evaluation after task t with those of tasks <= t."""
@@ -216,6 +219,7 @@ def test_training_consults_only_earlier_tasks_autoencoders(two_task_run):
     assert test == {(), (0,), (0, 1)}  # rows 0, 1, 2
 
 
+@pytest.mark.slow
 def test_frozen_experts_are_bit_identical_after_a_later_task(two_task_run):
     out, _, _ = two_task_run
     a = load_file(str(out / "checkpoints" / "task00" / "adapters.safetensors"))
@@ -319,6 +323,7 @@ def test_the_second_task_needs_its_share_of_the_valid_votes(tmp_path):
     assert on(m.route(z)) == set() and on(m.route(z, training_task=1)) == {1}
 
 
+@pytest.mark.slow
 def test_autoencoders_route_held_out_samples_to_their_task(tmp_path):
     """Three twin tasks; each AE fit on the task's training samples; held-out test samples."""
     tasks = "[skvg,iconqa,kvqa]"
@@ -348,6 +353,7 @@ def test_autoencoders_route_held_out_samples_to_their_task(tmp_path):
     assert min(accs) >= 0.75 and sum(accs) / 3 >= 0.85, accs
 
 
+@pytest.mark.slow
 def test_resume_rebuilds_experts_and_autoencoders_from_the_checkpoint(two_task_run, tmp_path):
     out, full, _ = two_task_run
     cfg = compose_cfg(tmp_path, [*DMOLE, "++method.lr=1e-2"])
