@@ -223,8 +223,8 @@ def _start_task(method, task: int, dm) -> dict:
 def _dmole_task(method, task: int, dm) -> dict:
     """D-MoLE's task start with equal zero-cost scores (its budget rule, no gradients)."""
     from mcl.adapters.dmole import TaskAutoencoder
+    from mcl.callbacks.allocation import allocate
     from mcl.methods.base import ContinualMethod
-    from mcl.methods.dmole import allocate
 
     ContinualMethod.on_task_start(method, task, dm)
     layers = method.layers()

@@ -312,6 +312,7 @@ def test_cli_success_and_nothing_written(llava, tmp_path, capsys):
     assert (tmp_path / "out2" / "textvqa" / "train.convert.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_subprocess_no_traceback(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "mcl.data.convert", "--bench", "cvit", "--task", "nope"]

@@ -1,6 +1,6 @@
 """Crashes that must lose nothing finished: ``python -m mcl.train`` killed with SIGKILL at a
-step of task 3 of 4, and a disk that fills up while a checkpoint is written. In both, the same
-command with ``resume=true`` must end with the matrix of an uninterrupted run."""
+fixed step of task 3 of 4, and a disk that fills up while a checkpoint is written. In both, the
+same command with ``resume=true`` must end with the matrix of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -14,41 +14,46 @@ from pathlib import Path
 
 import pytest
 
-import mcl.runner.checkpoint as checkpoint_mod
+import mcl.runner as runner_mod
 from mcl.train import run, user_error
 from tests.conftest import MICRO, compose_cfg
 
+pytestmark = pytest.mark.slow  # SIGKILL and full or read-only disks mid-run, then a resume
+
 FOUR = [o for o in MICRO if not o.startswith("bench.tasks")] + [
     "bench.tasks=[color,count,position,ocr]",
-    "train.steps=8",
+    "train.steps=12",
 ]
+KILL_STEP = 6  # task 3 dies at this training step: after its start, before its checkpoint
+
+# ``python -m mcl.train``, with one hook: at a known point inside task 3 the process sends
+# itself SIGKILL (no handler, no cleanup: what the OOM killer or a lost node does). The kill
+# comes from the run itself, so no timing on the test's side decides where it lands.
+KILLED_IN_TASK_3 = f"""
+import os, signal, sys
+from mcl.methods.base import ContinualMethod
+from mcl.train import cli
+
+real = ContinualMethod.training_step
+
+def training_step(self, batch, i):
+    if self.current_task == 2 and self.trainer.global_step == {KILL_STEP}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, batch, i)
+
+ContinualMethod.training_step = training_step
+cli(sys.argv[1:])
+"""
 
 
-def _cmd(root: Path, out: Path, *extra: str, prelude: str = "") -> list[str]:
-    """``python -m mcl.train`` with the test's overrides; ``prelude`` runs first in the child."""
-    main = f"{prelude}\nimport runpy; runpy.run_module('mcl.train', run_name='__main__')"
+def _cmd(root: Path, out: Path, *extra: str, launch=("-m", "mcl.train")) -> list[str]:
     return [
-        sys.executable, "-c", main, *FOUR, *extra,
+        sys.executable, *launch, *FOUR, *extra,
         f"paths.log_dir={root}/logs", f"paths.data_dir={root}/data",
         f"paths.cache_dir={root}/cache", f"hydra.run.dir={out}", "progress=false",
     ]  # fmt: skip
 
 
-# the child kills itself with SIGKILL at task 3's fifth optimizer step: a known point inside
-# the task, whatever the machine's speed
-KILL_IN_TASK_3 = """
-import os, signal
-from mcl.methods.base import ContinualMethod
-real = ContinualMethod.training_step
-def step(self, batch, i):
-    if self.current_task == 2 and self.trainer.global_step == 5:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(self, batch, i)
-ContinualMethod.training_step = step
-"""
-
-
-@pytest.mark.slow
 def test_sigkill_during_task_3_then_resume_gives_the_same_matrix(tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     full_dir = tmp_path / "full"
@@ -56,9 +61,11 @@ def test_sigkill_during_task_3_then_resume_gives_the_same_matrix(tmp_path):
     full = json.loads((full_dir / "results.json").read_text())
 
     out = tmp_path / "crashed"
-    proc = subprocess.run(_cmd(tmp_path, out, prelude=KILL_IN_TASK_3), env=env, capture_output=True)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
-    assert (out / "checkpoints" / "task01" / "state.json").exists()  # task 2 was saved
+    killed = subprocess.run(
+        _cmd(tmp_path, out, launch=("-c", KILLED_IN_TASK_3)), env=env, capture_output=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert (out / "checkpoints" / "task01" / "state.json").exists()  # task 2 finished
     assert not (out / "checkpoints" / "task02").exists()  # it died during task 3
     partial = json.loads((out / "results.json").read_text())
     assert partial["complete"] is False and partial["matrix"][3] == [None] * 4
@@ -75,14 +82,14 @@ def test_a_full_disk_while_checkpointing_keeps_finished_work_and_resumes(tmp_pat
     cfg = compose_cfg(tmp_path / "a", over)
     full = run(cfg, Path(cfg.paths.output_dir))
 
-    real = checkpoint_mod.atomic_write_bytes
+    real = runner_mod.atomic_write_bytes
 
     def disk_full_at_task_2(path, data):
         if "task01" in str(path):
             raise OSError(errno.ENOSPC, f"no space left on device while writing {path}")
         return real(path, data)
 
-    monkeypatch.setattr(checkpoint_mod, "atomic_write_bytes", disk_full_at_task_2)
+    monkeypatch.setattr(runner_mod, "atomic_write_bytes", disk_full_at_task_2)
     cfg = compose_cfg(tmp_path / "b", over)
     out = Path(cfg.paths.output_dir)
     with pytest.raises(OSError) as info:

@@ -333,6 +333,7 @@ def _micro_bench(tmp_path):
     return prepare(cfg.bench, cfg.paths.data_dir, progress=False).root
 
 
+@pytest.mark.slow
 def test_a_run_records_data_faults_per_task_in_results_json(tmp_path):
     from mcl.eval.report import data_faults
     from mcl.train import run

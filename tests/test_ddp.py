@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -36,6 +37,7 @@ def record_ranks(monkeypatch, seen: Path) -> None:
     monkeypatch.setattr(ChatCollator, "train_batch", record)
 
 
+@pytest.mark.slow
 def test_ddp_cpu_splits_the_data_and_keeps_the_results_contract(tmp_path, monkeypatch):
     seen = tmp_path / "seen"
     seen.mkdir()
@@ -75,6 +77,7 @@ def test_merge_ranks_restores_the_single_process_order_and_weights_method_number
     assert merge_ranks([(recs, 5, {"a": 1.0}, 11)], 2) == (recs, 5, {"a": 1.0})
 
 
+@pytest.mark.slow
 def test_hardware_ddp_runs_the_whole_command_per_rank_and_rank_0_writes_once(tmp_path):
     """``hardware=ddp`` (the GPU preset) on CPU: Lightning's subprocess launcher starts rank 1 at
     the first fit; rank 0 gathers the answers; method state is synced at task boundaries (EWC's

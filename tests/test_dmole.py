@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mcl.adapters.dmole import DMoLELinear, TaskAutoencoder
-from mcl.methods.dmole import DMoLE, UpdateRatioCallback, allocate, round_half_up, zc_batches
+from mcl.callbacks.allocation import allocate, round_half_up
+from mcl.callbacks.curriculum import UpdateRatioCallback
+from mcl.methods.dmole import DMoLE, zc_batches
 from mcl.train import build, run
 from tests.conftest import MICRO, compose_cfg
 
@@ -181,6 +183,7 @@ def two_task_run(tmp_path_factory):
     return tmp / "run", results, asked
 
 
+@pytest.mark.slow
 def test_runs_end_to_end_and_accounts_parameters(two_task_run):
     out, res, _ = two_task_run
     assert res["complete"] and res["method"] == "dmole"
@@ -195,6 +198,7 @@ def test_runs_end_to_end_and_accounts_parameters(two_task_run):
     assert all(i["route_granularity"] == "batch" for i in info)  # the code's, by default
 
 
+@pytest.mark.slow
 def test_routes_test_batches_to_their_task_well_above_chance(two_task_run):
     """Issue 26.9: after both tasks, each test batch's vote picks its own task (chance: 50%)."""
     _, res, _ = two_task_run
@@ -204,6 +208,7 @@ def test_routes_test_batches_to_their_task_well_above_chance(two_task_run):
             assert ev["task_id_acc"] >= 90 and ev["no_expert_pct"] <= 10, (row, name, ev)
 
 
+@pytest.mark.slow
 def test_training_consults_only_earlier_tasks_autoencoders(two_task_run):
     """Issue 26.9: training task t votes with the AEs of tasks < t (task 0: none, so only its
     own experts); evaluation after task t with those of tasks <= t."""
@@ -214,6 +219,7 @@ def test_training_consults_only_earlier_tasks_autoencoders(two_task_run):
     assert test == {(), (0,), (0, 1)}  # rows 0, 1, 2
 
 
+@pytest.mark.slow
 def test_frozen_experts_are_bit_identical_after_a_later_task(two_task_run):
     out, _, _ = two_task_run
     a = load_file(str(out / "checkpoints" / "task00" / "adapters.safetensors"))
@@ -272,14 +278,16 @@ def test_routing_rules_and_the_curriculum_rescale(tmp_path):
     lay.add_expert(0)
     p = lay.expert_params(0)[0]
     cb = UpdateRatioCallback(m)
-    (cb_scale,) = {w for q, w in m.update_weights() if q is p}
+    group = m.modality[next(iter(m.layers()))]
+    assert any(q is p for q in m.update_groups()[group])
+    cb_scale = m.update_ratios()[group]
     cb.on_train_batch_start(None, None, None, 0)
     old = p.detach().clone()
     with torch.no_grad():
         p.add_(1.0)
     cb.on_train_batch_end(None, None, None, None, 0)
     assert torch.allclose(p - old, torch.full_like(p, cb_scale))
-    assert cb_scale == pytest.approx(0.4 if m.modality[next(iter(m.layers()))] == "vision" else 1.6)
+    assert cb_scale == pytest.approx(0.4 if group == "vision" else 1.6)
 
 
 def test_the_second_task_needs_its_share_of_the_valid_votes(tmp_path):
@@ -315,6 +323,7 @@ def test_the_second_task_needs_its_share_of_the_valid_votes(tmp_path):
     assert on(m.route(z)) == set() and on(m.route(z, training_task=1)) == {1}
 
 
+@pytest.mark.slow
 def test_autoencoders_route_held_out_samples_to_their_task(tmp_path):
     """Three twin tasks; each AE fit on the task's training samples; held-out test samples."""
     tasks = "[skvg,iconqa,kvqa]"
@@ -344,6 +353,7 @@ def test_autoencoders_route_held_out_samples_to_their_task(tmp_path):
     assert min(accs) >= 0.75 and sum(accs) / 3 >= 0.85, accs
 
 
+@pytest.mark.slow
 def test_resume_rebuilds_experts_and_autoencoders_from_the_checkpoint(two_task_run, tmp_path):
     out, full, _ = two_task_run
     cfg = compose_cfg(tmp_path, [*DMOLE, "++method.lr=1e-2"])

@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 from mcl.train import run
 from tests.conftest import MICRO, compose_cfg
 
+pytestmark = pytest.mark.slow  # whole runs on the micro model, CLI sweeps included
+
 THREE = ["bench.tasks=[color,position,count]"]
 
 
@@ -150,7 +152,6 @@ def test_wandb_logger_runs_offline_without_an_api_key(tmp_path, monkeypatch):
     assert configs[0]["config"]["train"]["steps"] == cfg.train.steps  # the resolved config
 
 
-@pytest.mark.slow
 def test_cli_multirun_sweep_writes_one_result_per_job(tmp_path):
     import subprocess
     import sys

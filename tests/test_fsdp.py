@@ -20,6 +20,8 @@ from mcl.train import run
 from tests.conftest import MICRO, compose_cfg
 from tests.test_ddp import record_ranks
 
+pytestmark = pytest.mark.slow  # FSDP and DeepSpeed ranks in processes
+
 # 128 samples in 2 shards, batch 8, 2 ranks: 8 steps = one epoch
 BASE = [o for o in MICRO if not o.startswith("train.steps")] + [
     "train.steps=8",

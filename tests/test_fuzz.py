@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -101,6 +102,7 @@ raw_samples = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @FAST
 @given(raw_samples)
 def test_decoder_raises_only_bad_sample(raw):
@@ -167,6 +169,7 @@ def llava_records(draw) -> list:
     return draw(st.lists(st.one_of(rec, json_values), max_size=6))
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(llava_records())
 def test_converter_skips_or_converts_every_record(recs):

@@ -30,6 +30,7 @@ def test_gpu_check_dry_runs_on_the_cpu_and_reports_what_a_gpu_run_would(tmp_path
     assert len(row["boundary_s"]) == 2  # two tasks
 
 
+@pytest.mark.slow
 def test_gpu_check_refuses_a_machine_without_cuda_in_one_line(tmp_path):
     import torch
 

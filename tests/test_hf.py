@@ -34,6 +34,7 @@ def _over(path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_a_local_checkpoint_loads_with_its_processor_and_runs_the_loop(saved, tmp_path):
     path, ref = saved
     cfg = compose_cfg(tmp_path, _over(path))

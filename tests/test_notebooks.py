@@ -39,6 +39,7 @@ def logs(tmp_path_factory):
     return logs
 
 
+@pytest.mark.slow
 def test_compare_methods_notebook_executes(logs, tmp_path, monkeypatch):
     sweep = next((logs / "multirun").iterdir())
     nb = nb_execute.execute(
@@ -53,6 +54,7 @@ def test_compare_methods_notebook_executes(logs, tmp_path, monkeypatch):
     assert "| seq_lora |" in text_of(nb_execute.execute("compare_methods.ipynb"))
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_reads_the_newest_run(logs, monkeypatch):
     monkeypatch.setenv("MCL_LOGS", str(logs))  # no hard-coded ../logs: found as mcl finds it
     text = text_of(nb_execute.execute("quickstart.ipynb"))

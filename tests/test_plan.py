@@ -187,6 +187,7 @@ def test_mcl_train_runs_a_real_width_two_layer_llava_on_cpu(tmp_path):
 # ---------------------------------------------------------------- plans
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", list(PUBLISHED))
 def test_every_method_plans_or_says_why_not(preset):
     family = arch.family_of(preset)

@@ -23,6 +23,8 @@ from mcl.utils import preempt
 from mcl.utils.preempt import Preempted
 from tests.conftest import MICRO, compose_cfg
 
+pytestmark = pytest.mark.slow  # signals into running trainings, then a resume
+
 ROOT = Path(__file__).resolve().parent.parent
 OVER = [o for o in MICRO if not o.startswith("train.steps")] + ["train.steps=12"]
 
@@ -197,7 +199,6 @@ def _cli(tmp: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.mark.slow
 def test_sigterm_to_python_m_mcl_train_exits_75_and_resume_finishes(tmp_path):
     """The command line, as a scheduler sees it: SIGTERM during the second task's training
     (its first mid-task checkpoint is there) exits 75, not 0, with one line on stderr; the same

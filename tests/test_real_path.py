@@ -124,6 +124,7 @@ def _first_step(tmp_path, method: str, *extra: str) -> tuple[_FirstStep, dict]:
     return spy, runner
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", TRAINING)
 def test_a_bf16_base_trains_fp32_parameters_that_move_at_a_small_lr(tmp_path, method):
     spy, runner = _first_step(tmp_path, method, "model.dtype=bfloat16", "method.lr=1e-5")
@@ -149,6 +150,7 @@ def test_half_precision_training_that_would_cast_the_masters_is_refused(tmp_path
 
 
 # ---------------------------------------------------------------- gradient checkpointing
+@pytest.mark.slow
 @pytest.mark.parametrize("method", TRAINING)
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path, method):
     plain, _ = _first_step(tmp_path / "plain", method)

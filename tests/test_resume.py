@@ -22,6 +22,8 @@ from mcl.config import ConfigError
 from mcl.train import run
 from tests.conftest import MICRO, compose_cfg
 
+pytestmark = pytest.mark.slow  # kills, power cuts, damaged checkpoints, then a resume
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -203,7 +205,6 @@ FOUR = [o for o in MICRO if not o.startswith(("bench.tasks", "train.steps"))] + 
 ]
 
 
-@pytest.mark.slow
 def test_kill_9_at_a_random_point_of_a_task_with_the_default_logger_then_resume(tmp_path):
     """The issue's check, as a user runs it: no pinned run directory (each launch gets its own
     timestamped one, and the CSV logger's save_dir with it), SIGKILL at a random moment after
@@ -251,7 +252,6 @@ def kills_reference(tmp_path_factory):
     return Path(cfg.paths.output_dir), run(cfg, Path(cfg.paths.output_dir))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("draw", range(4))
 def test_power_cut_at_random_steps_then_resume_is_bit_identical(
     kills_reference, tmp_path, monkeypatch, draw

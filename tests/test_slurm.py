@@ -19,6 +19,8 @@ import pytest
 
 from tests.conftest import MICRO
 
+pytestmark = pytest.mark.slow  # a local SLURM cluster
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 

@@ -156,6 +156,7 @@ def test_projection_keeps_the_old_task_loss_from_drifting(on):
     assert off > 10 * max(kept, 1e-6) and kept < 1e-3
 
 
+@pytest.mark.slow
 def test_under_adamw_only_the_projected_update_protects_the_old_task():
     """AdamW rescales each coordinate of a projected gradient (and decays every weight), so its
     step re-enters the protected span; the applied update, projected, never does."""

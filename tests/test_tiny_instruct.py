@@ -27,6 +27,7 @@ def _loss(mllm, task: str) -> float:
     return float(mllm.model(**mllm.collator.train_batch(samples)).loss)
 
 
+@pytest.mark.slow
 def test_instruction_tuning_teaches_the_tasks_and_is_cached(tmp_path, monkeypatch):
     base = _model(tmp_path)
     tuned = _model(tmp_path, f"model.instruct={INSTRUCT}")

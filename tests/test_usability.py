@@ -86,6 +86,7 @@ def test_extras_declare_what_the_readme_and_the_notebooks_need():
     assert {"jupyterlab", "ipykernel"} <= names["notebooks"]
 
 
+@pytest.mark.slow
 def test_a_run_keeps_its_console_in_train_log(tmp_path):
     from mcl.train import run
     from tests.conftest import MICRO, compose_cfg

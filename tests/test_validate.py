@@ -180,6 +180,7 @@ def test_task_names_are_checked_against_the_benchmark(tmp_path, arg, expect):
     assert expect in _one_error_line(p)
 
 
+@pytest.mark.slow
 def test_an_error_found_once_the_run_started_removes_its_empty_run_dir(tmp_path):
     """A mistake only the benchmark's data reveals (a scorer mode a task cannot take): Hydra
     had made the run directory; mcl removes it again, since nothing was written to it."""
@@ -200,6 +201,7 @@ def test_validate_is_also_the_programmatic_gate(tmp_path):
     validate(compose_cfg(tmp_path, MICRO))  # the test configuration itself is fine
 
 
+@pytest.mark.slow
 def test_every_shipped_option_passes_the_precheck():
     """No preset is refused by the validator (GPU presets aside, on a machine without one)."""
     from mcl.config import GROUPS, choices
@@ -237,6 +239,7 @@ def test_threads_default_respects_omp_and_an_override(tmp_path, monkeypatch, cap
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_the_cli_says_how_many_threads_once(tmp_path):
     env_over = [*MICRO, "bench.tasks=[color]", "bench.unseen=[]", "train.steps=2"]
     p, _ = _mcl(tmp_path, *env_over, "progress=false", "train.threads=1", timeout=300)

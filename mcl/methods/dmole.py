@@ -9,8 +9,9 @@ Candidates are the attention linears of the vision tower and the LM (``vision_ta
    batch past the portion); a candidate's score is the summed L2 norms of the gradients of its
    *pretrained* weight and bias. (``round`` here and in 2. is the code's ``int(x + 0.5)``,
    halves up -- :func:`round_half_up` -- not Python's ``round``, which takes them to even.)
-2. **Allocation** (:func:`allocate`): ``round(budget_portion * #units)`` units per task (a unit
-   is a module, or with ``granularity=block`` one layer's attention); the vision tower gets
+2. **Allocation** (:func:`mcl.callbacks.allocation.allocate`, shared with any expert-adding
+   method): ``round(budget_portion * #units)`` units per task (a unit is a module, or with
+   ``granularity=block`` one layer's attention); the vision tower gets
    ``max(floor(vit_min_share * total), round(total * its share of the gradient mass))`` of them
    -- this split *is* the code's inter-modal curriculum -- and each modality takes its
    top-scored units (``allocator=zc``) or a fixed, evenly spaced set (``allocator=fixed``, the
@@ -37,15 +38,15 @@ model answers. The selected tasks' experts are summed in every layer holding one
 
 ``curriculum``: ``split`` (the code: the budget split above), ``none`` (the "no curriculum"
 ablation: an even split), or ``rescale`` (the paper's wording: an even split, and each step's
-update of a modality's new experts scaled by twice its gradient share, by
-:class:`UpdateRatioCallback` -- a rescaled *update*, since Adam undoes a rescaled gradient).
+update of a modality's new experts scaled by twice its gradient share -- a rescaled *update*,
+since Adam undoes a rescaled gradient -- by :class:`mcl.callbacks.curriculum.UpdateRatioCallback`,
+which takes the groups and ratios from :meth:`DMoLE.update_groups` / :meth:`DMoLE.update_ratios`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import random
 import re
 
 import lightning as L
@@ -54,118 +55,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcl.adapters.dmole import DMoLELinear, TaskAutoencoder
+from mcl.callbacks.allocation import MODALITIES, allocate, round_half_up
+from mcl.callbacks.curriculum import UpdateRatioCallback, share_ratios
 from mcl.methods.base import ContinualMethod
 from mcl.models.mllm import model_inputs
-
-MODALITIES = ("vision", "lm")
-
-
-def round_half_up(x: float) -> int:
-    """The code's rounding, ``int(x + 0.5)`` (budget, ViT share, zero-cost batches): halves go
-    up, where Python's ``round`` takes them to the even neighbour (``round(2.5) == 2``). For
-    the non-negative counts here ``int`` truncation is the floor."""
-    return int(x + 0.5)
 
 
 def zc_batches(n_train: int, batch_size: int, portion: float) -> int:
     """Batches the zero-cost proxy scores: the code's ``max_batch_num = int(len(loader) *
     portion + 0.5)``, and its loop runs batches ``0..max_batch_num``, one more."""
     return round_half_up(math.ceil(n_train / batch_size) * portion) + 1
-
-
-def _natural(name: str) -> tuple:
-    """Sort key that orders layer numbers numerically (layers.2 before layers.10)."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
-
-
-def allocate(
-    scores: dict[str, float],
-    modality: dict[str, str],
-    budget_portion: float = 0.5,
-    vit_min_share: float = 0.25,
-    curriculum: str = "split",
-    allocator: str = "zc",
-    budget_params: int | None = None,
-    cost: dict[str, int] | None = None,
-    seed: int = 42,
-) -> dict:
-    """Choose the units (modules or blocks) that get a new expert for one task.
-
-    ``scores``/``modality``/``cost`` are per unit. By count (default): ``total =
-    round_half_up(budget_portion * #units)``, split between ``vision`` and ``lm`` as described
-    in the module docstring (capped by what each modality has; a modality's shortfall goes to
-    the other). By parameters (``budget_params``): each modality may spend its share of the budget,
-    taking units in order while they fit, so the total never exceeds it. Ties in score are
-    broken by a seeded shuffle (the code: pandas ``sample(random_state=42)``)."""
-    if curriculum not in ("split", "none", "rescale"):
-        raise ValueError(f"curriculum must be split, none or rescale, not {curriculum!r}")
-    if allocator not in ("zc", "fixed"):
-        raise ValueError(f"allocator must be zc or fixed, not {allocator!r}")
-    units = {m: sorted((u for u in scores if modality[u] == m), key=_natural) for m in MODALITIES}
-    mass = {m: sum(scores[u] for u in units[m]) for m in MODALITIES}
-    share_v = mass["vision"] / (mass["vision"] + mass["lm"]) if sum(mass.values()) > 0 else 0.5
-    if not units["vision"]:
-        share_v = 0.0
-    frac_v = share_v if curriculum == "split" else 0.5
-
-    def order(m: str, n: int) -> list[str]:
-        if allocator == "fixed":  # evenly spaced over depth, the same for every task
-            us = units[m]
-            return [us[math.floor((i + 0.5) * len(us) / n)] for i in range(n)] if n else []
-        shuffled = list(units[m])
-        random.Random(seed).shuffle(shuffled)
-        return sorted(shuffled, key=lambda u: -scores[u])  # stable: ties keep the shuffle
-
-    if budget_params is None:
-        total = round_half_up(budget_portion * len(scores))
-        n_v = total // 2 if curriculum != "split" else round_half_up(total * share_v)
-        if curriculum == "split":
-            n_v = max(math.floor(vit_min_share * total), n_v)
-        n_v = min(n_v, len(units["vision"]))
-        n_l = min(total - n_v, len(units["lm"]))
-        n_v = min(len(units["vision"]), total - n_l)  # give a shortfall back to vision
-        chosen = {"vision": order("vision", n_v)[:n_v], "lm": order("lm", n_l)[:n_l]}
-    else:
-        if cost is None:
-            raise ValueError("budget_params needs the per-unit parameter cost")
-        frac = max(vit_min_share, frac_v) if curriculum == "split" else frac_v
-        allowance = {"vision": budget_params * frac, "lm": budget_params * (1 - frac)}
-        if not units["vision"]:
-            allowance = {"vision": 0, "lm": budget_params}
-        chosen = {}
-        for m in MODALITIES:
-            spent, picked = 0, []
-            for u in order(m, len(units[m])):
-                if spent + cost[u] <= allowance[m]:
-                    picked.append(u)
-                    spent += cost[u]
-            chosen[m] = picked
-    picked = chosen["vision"] + chosen["lm"]
-    return {
-        "units": sorted(picked, key=_natural),
-        "n_vision": len(chosen["vision"]),
-        "n_lm": len(chosen["lm"]),
-        "vision_share": share_v,
-        "cost": sum((cost or {}).get(u, 0) for u in picked),
-    }
-
-
-class UpdateRatioCallback(L.Callback):
-    """The paper's reading of the inter-modal curriculum: after each optimizer step, the update
-    of every parameter in ``weights`` ({param id: w}) is scaled by w (p = p_old + w * dp)."""
-
-    def __init__(self, method: DMoLE):
-        self.method = method
-        self._before: list[tuple[nn.Parameter, torch.Tensor, float]] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._before = [(p, p.detach().clone(), w) for p, w in self.method.update_weights()]
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        with torch.no_grad():
-            for p, old, w in self._before:
-                p.copy_(old + w * (p - old))
-        self._before = []
 
 
 class DMoLE(ContinualMethod):
@@ -550,17 +449,19 @@ class DMoLE(ContinualMethod):
         finally:
             self.set_masks(None)
 
-    def update_weights(self) -> list[tuple[nn.Parameter, float]]:
-        """(parameter, update scale) for the current task's experts under ``curriculum=rescale``:
-        twice the modality's gradient share (so the two scales average 1)."""
+    def update_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The current task's experts by modality, for :class:`UpdateRatioCallback` under
+        ``curriculum=rescale`` (none outside a task)."""
         if self.current_task is None:
-            return []
-        scale = {"vision": 2 * self._share_v, "lm": 2 * (1 - self._share_v)}
-        return [
-            (p, scale[self.modality[n]])
-            for n, lay in self.layers().items()
-            for p in lay.expert_params(self.current_task)
-        ]
+            return {}
+        groups: dict[str, list[nn.Parameter]] = {m: [] for m in MODALITIES}
+        for n, lay in self.layers().items():
+            groups[self.modality[n]].extend(lay.expert_params(self.current_task))
+        return groups
+
+    def update_ratios(self) -> dict[str, float]:
+        """Each modality's update scale: twice its gradient share (so the two average 1)."""
+        return share_ratios({"vision": self._share_v, "lm": 1 - self._share_v})
 
     def callbacks(self) -> list[L.Callback]:
         return [UpdateRatioCallback(self)] if self.curriculum == "rescale" else []
