@@ -1,0 +1,183 @@
+"""``python -m mcl.data.prepare``: a benchmark unpacked as its repository publishes it becomes
+train and test shards plus ``bench.json`` in one command, and a real run goes end to end on it.
+
+The fixtures are written in the published layouts (docs/data_formats.md): CoIN's
+``Instructions_Original/<Task>/{train,test}.json`` with LLaVA conversations for training and
+``question_id``/``image``/``text``/``answer`` test records (grounding with ``answer_bbox`` and
+``size``), images under ``cl_dataset/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mcl.data.bench import Benchmark
+from mcl.data.prepare import main, plan, prepare
+from mcl.data.shards import read_shards
+
+COIN_DIRS = {
+    "scienceqa": "ScienceQA",
+    "textvqa": "TextVQA",
+    "imagenet": "ImageNet",
+    "gqa": "GQA",
+    "vizwiz": "VizWiz",
+    "grounding": "Grounding",
+    "vqav2": "VQAv2",
+    "ocrvqa": "OCRVQA",
+}
+_VQA = "Answer the question using a single word or phrase."
+
+
+def _image(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
+
+
+def write_coin(root: Path, n_train: int = 6, n_test: int = 4) -> Path:
+    """A tiny CoIN release: every task's train.json and test.json plus their images."""
+    for t, (task, folder) in enumerate(COIN_DIRS.items()):
+        train, test = [], []
+        for i in range(n_train + n_test):
+            rel = f"{folder}/images/{i}.png"
+            _image(root / "cl_dataset" / rel, 100 * t + i)
+            if task == "grounding":
+                question, answer = "Please provide the bounding box of: the left cat", None
+                box = f"[0.{i}0, 0.10, 0.5{i}, 0.90]"
+            else:
+                question, answer, box = f"What is shown in picture {i}?\n{_VQA}", f"thing{i}", None
+            if i < n_train:
+                train.append(
+                    {
+                        "id": f"{task}-{i}",
+                        "image": rel,
+                        "conversations": [
+                            {"from": "human", "value": "<image>\n" + question},
+                            {"from": "gpt", "value": box or answer},
+                        ],
+                    }
+                )
+            else:
+                rec = {"question_id": f"{task}-q{i}", "image": rel, "text": question}
+                if box:
+                    rec |= {"answer_bbox": box, "size": [640, 480]}
+                else:
+                    rec["answer"] = answer
+                test.append(rec)
+        folder_path = root / "Instructions_Original" / folder
+        folder_path.mkdir(parents=True, exist_ok=True)
+        (folder_path / "train.json").write_text(json.dumps(train, indent=1))
+        (folder_path / "test.json").write_text(json.dumps(test, indent=1))
+    return root
+
+
+def _env(tmp: Path) -> dict:
+    return {
+        **os.environ,
+        "MCL_LOGS": str(tmp / "logs"),
+        "MCL_CACHE": str(tmp / "cache"),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def _prepare_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mcl.data.prepare", "--quiet", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp), timeout=120)
+
+
+def test_coin_prepare_writes_every_split(tmp_path):
+    root, out = write_coin(tmp_path / "CoIN"), tmp_path / "coin"
+    summaries = prepare("coin", root, out, progress=False)
+    assert [(s["task"], s["split"]) for s in summaries] == [
+        (t, s) for t in COIN_DIRS for s in ("train", "test")
+    ]
+    spec = json.loads((out / "bench.json").read_text())
+    assert [t["name"] for t in spec["tasks"]] == list(COIN_DIRS)
+    assert all(t["train"]["samples"] == 6 and t["test"]["samples"] == 4 for t in spec["tasks"])
+    bench = Benchmark(out, list(COIN_DIRS), [], "real")
+    test = list(read_shards(bench.shard_paths(bench.task("grounding"), "test")))
+    # the grounding box is the reference, and the box and image size are kept in meta
+    assert test[0]["answer"] == "[0.60, 0.10, 0.56, 0.90]"
+    assert test[0]["meta"]["bbox"] == [0.6, 0.1, 0.56, 0.9]
+    assert test[0]["meta"]["image_size"] == [640, 480]
+    vqa = list(read_shards(bench.shard_paths(bench.task("textvqa"), "test")))
+    assert [s["answer"] for s in vqa] == ["thing6", "thing7", "thing8", "thing9"]
+
+
+def test_tasks_subset_and_plan_checks_files_first(tmp_path):
+    root = write_coin(tmp_path / "CoIN")
+    _, jobs = plan("coin", root, ["gqa", "ocrvqa"])
+    assert [(j["task"], j["split"]) for j in jobs] == [
+        ("gqa", "train"),
+        ("gqa", "test"),
+        ("ocrvqa", "train"),
+        ("ocrvqa", "test"),
+    ]
+    (root / "Instructions_Original" / "OCRVQA" / "test.json").unlink()
+    p = _prepare_cli(tmp_path, "--bench", "coin", "--root", str(root), "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert "OCRVQA/test.json not found" in p.stderr
+    assert not (tmp_path / "o" / "bench.json").exists()  # nothing half-written
+    p = _prepare_cli(tmp_path, "--bench", "coin", "--root", str(root), "--out", "x", "--tasks", "no")
+    assert p.returncode == 2 and "--tasks: no not in bench coin" in p.stderr
+
+
+def test_a_test_file_missing_answer_stops_in_one_line(tmp_path):
+    root = write_coin(tmp_path / "CoIN")
+    test = root / "Instructions_Original" / "GQA" / "test.json"
+    records = json.loads(test.read_text())
+    del records[1]["answer"]
+    test.write_text(json.dumps(records))
+    start = time.monotonic()
+    p = _prepare_cli(tmp_path, "--bench", "coin", "--root", str(root), "--out", str(tmp_path / "o"))
+    assert time.monotonic() - start < 10
+    assert p.returncode == 2, p.stderr
+    line = p.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert f"{test}: record gqa-q7 has no 'answer'" in line
+    assert "1 of 4 records: 1 missing_field" in line
+
+
+def test_main_exit_codes(tmp_path, capsys):
+    root = write_coin(tmp_path / "CoIN")
+    out = tmp_path / "coin"
+    assert main(["--bench", "coin", "--root", str(root), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "coin/ocrvqa test: wrote 4 samples from 4 records" in printed
+    assert "bench.json" in printed
+
+
+@pytest.mark.slow
+def test_coin_end_to_end_from_the_published_layout(tmp_path):
+    root, out = write_coin(tmp_path / "CoIN", n_train=8, n_test=4), tmp_path / "coin"
+    p = _prepare_cli(tmp_path, "--bench", "coin", "--root", str(root), "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    runs = tmp_path / "runs"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mcl.train",
+        "bench=coin",
+        "bench.source=real",
+        f"bench.root={out}",
+        "experiment=smoke",
+        f"bench.tasks=[{','.join(COIN_DIRS)}]",
+        "bench.unseen=[]",
+        "train.steps=2",
+        f"paths.output_dir={runs}",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    results = json.loads(next(runs.rglob("results.json")).read_text())
+    matrix = results["matrix"] if "matrix" in results else results["acc_matrix"]
+    assert len(matrix) == len(COIN_DIRS) + 1
+    assert all(len(row) == len(COIN_DIRS) for row in matrix)
