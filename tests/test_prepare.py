@@ -35,6 +35,7 @@ COIN_DIRS = {
     "ocrvqa": "OCRVQA",
 }
 _VQA = "Answer the question using a single word or phrase."
+_MC = "Answer with the option's letter from the given choices directly."
 
 
 def _image(path: Path, seed: int) -> None:
@@ -53,6 +54,9 @@ def write_coin(root: Path, n_train: int = 6, n_test: int = 4) -> Path:
             if task == "grounding":
                 question, answer = "Please provide the bounding box of: the left cat", None
                 box = f"[0.{i}0, 0.10, 0.5{i}, 0.90]"
+            elif task == "scienceqa":  # CoIN's ScienceQA: lettered options, the letter answers
+                question = f"Which is shown in picture {i}?\nA. cat\nB. dog\n{_MC}"
+                answer, box = "AB"[i % 2], None
             else:
                 question, answer, box = f"What is shown in picture {i}?\n{_VQA}", f"thing{i}", None
             if i < n_train:
@@ -178,6 +182,26 @@ def test_coin_end_to_end_from_the_published_layout(tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     results = json.loads(next(runs.rglob("results.json")).read_text())
-    matrix = results["matrix"] if "matrix" in results else results["acc_matrix"]
+    matrix = results["matrix"]
     assert len(matrix) == len(COIN_DIRS) + 1
     assert all(len(row) == len(COIN_DIRS) for row in matrix)
+
+
+def test_real_run_without_test_shards_stops_before_the_model_is_built(tmp_path):
+    root, out = write_coin(tmp_path / "CoIN", n_train=2, n_test=1), tmp_path / "coin"
+    prepare("coin", root, out, tasks=["gqa", "vizwiz"], progress=False)
+    spec = json.loads((out / "bench.json").read_text())
+    del spec["tasks"][3]["test"]  # gqa: train shards only
+    (out / "bench.json").write_text(json.dumps(spec))
+    cmd = [sys.executable, "-m", "mcl.train", "bench=coin", "bench.source=real"]
+    cmd += [f"bench.root={out}", "bench.tasks=[gqa,vizwiz]", f"paths.output_dir={tmp_path / 'r'}"]
+    start = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=120)
+    assert time.monotonic() - start < 60  # a base model build takes minutes
+    assert p.returncode == 2, p.stderr[-2000:]
+    line = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(line) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "bench.json has no shards for gqa test" in line[0]
+    assert f"python -m mcl.data.prepare --bench coin --root <the unpacked benchmark> --out {out}" in (
+        line[0]
+    )
