@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from mcl.data.bench import Benchmark
+from mcl.data.convert import load_bench
 from mcl.data.prepare import main, plan, prepare
 from mcl.data.shards import read_shards
 
@@ -44,21 +45,29 @@ def _image(path: Path, seed: int) -> None:
     Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
 
 
-def write_coin(root: Path, n_train: int = 6, n_test: int = 4) -> Path:
-    """A tiny CoIN release: every task's train.json and test.json plus their images."""
-    for t, (task, folder) in enumerate(COIN_DIRS.items()):
+def write_release(bench: str, root: Path, n_train: int = 6, n_test: int = 4) -> Path:
+    """A tiny release of ``bench`` in its published layout, where ``files:`` in its config says
+    the files are: per task a train file of LLaVA conversations and a test file of
+    ``question_id``/``image``/``text``/``answer`` records (``answer_bbox`` + ``size`` for a box
+    task, the option letter for a multiple-choice one), and the images they name."""
+    cfg = load_bench(bench)
+    files = cfg["files"]
+    for t, (task, entry) in enumerate(files["tasks"].items()):
+        scorer = cfg["task_info"][task]["scorer"]
+        images = root / entry.get("images", files.get("images", "."))
         train, test = [], []
         for i in range(n_train + n_test):
-            rel = f"{folder}/images/{i}.png"
-            _image(root / "cl_dataset" / rel, 100 * t + i)
-            if task == "grounding":
-                question, answer = "Please provide the bounding box of: the left cat", None
+            rel = f"{task}/images/{i}.png"
+            _image(images / rel, 100 * t + i)
+            box = None
+            if scorer == "iou":
+                question, box = "Please provide the bounding box of: the left cat", None
                 box = f"[0.{i}0, 0.10, 0.5{i}, 0.90]"
-            elif task == "scienceqa":  # CoIN's ScienceQA: lettered options, the letter answers
+            elif scorer == "mc":  # lettered options, the letter answers
                 question = f"Which is shown in picture {i}?\nA. cat\nB. dog\n{_MC}"
-                answer, box = "AB"[i % 2], None
+                answer = "AB"[i % 2]
             else:
-                question, answer, box = f"What is shown in picture {i}?\n{_VQA}", f"thing{i}", None
+                question, answer = f"What is shown in picture {i}?\n{_VQA}", f"thing{i}"
             if i < n_train:
                 train.append(
                     {
@@ -77,11 +86,16 @@ def write_coin(root: Path, n_train: int = 6, n_test: int = 4) -> Path:
                 else:
                     rec["answer"] = answer
                 test.append(rec)
-        folder_path = root / "Instructions_Original" / folder
-        folder_path.mkdir(parents=True, exist_ok=True)
-        (folder_path / "train.json").write_text(json.dumps(train, indent=1))
-        (folder_path / "test.json").write_text(json.dumps(test, indent=1))
+        for split, records in (("train", train), ("test", test)):
+            if split in entry:
+                path = root / entry[split]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(records, indent=1))
     return root
+
+
+def write_coin(root: Path, n_train: int = 6, n_test: int = 4) -> Path:
+    return write_release("coin", root, n_train, n_test)
 
 
 def _env(tmp: Path) -> dict:
@@ -131,7 +145,9 @@ def test_tasks_subset_and_plan_checks_files_first(tmp_path):
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
     assert "OCRVQA/test.json not found" in p.stderr
     assert not (tmp_path / "o" / "bench.json").exists()  # nothing half-written
-    p = _prepare_cli(tmp_path, "--bench", "coin", "--root", str(root), "--out", "x", "--tasks", "no")
+    p = _prepare_cli(
+        tmp_path, "--bench", "coin", "--root", str(root), "--out", "x", "--tasks", "no"
+    )
     assert p.returncode == 2 and "--tasks: no not in bench coin" in p.stderr
 
 
@@ -160,31 +176,39 @@ def test_main_exit_codes(tmp_path, capsys):
     assert "bench.json" in printed
 
 
+WIRED = ["coin", "ucit", "mllm_dcl", "cvit"]
+
+
+@pytest.mark.parametrize("bench", WIRED)
+def test_every_wired_bench_prepares_train_and_test(bench, tmp_path):
+    root, out = write_release(bench, tmp_path / "release", 2, 2), tmp_path / bench
+    prepare(bench, root, out, progress=False)
+    cfg = load_bench(bench)
+    spec = json.loads((out / "bench.json").read_text())
+    assert [t["name"] for t in spec["tasks"]] == cfg["tasks"]
+    assert all("train" in t and t["test"]["samples"] == 2 for t in spec["tasks"])
+    assert all("train" not in t and t["test"]["samples"] == 2 for t in spec["unseen"])
+
+
 @pytest.mark.slow
-def test_coin_end_to_end_from_the_published_layout(tmp_path):
-    root, out = write_coin(tmp_path / "CoIN", n_train=8, n_test=4), tmp_path / "coin"
-    p = _prepare_cli(tmp_path, "--bench", "coin", "--root", str(root), "--out", str(out))
+@pytest.mark.parametrize("bench", WIRED)
+def test_end_to_end_from_the_published_layout(bench, tmp_path):
+    root, out = write_release(bench, tmp_path / "release", 8, 4), tmp_path / bench
+    p = _prepare_cli(tmp_path, "--bench", bench, "--root", str(root), "--out", str(out))
     assert p.returncode == 0, p.stderr
+    cfg = load_bench(bench)
     runs = tmp_path / "runs"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mcl.train",
-        "bench=coin",
-        "bench.source=real",
-        f"bench.root={out}",
-        "experiment=smoke",
-        f"bench.tasks=[{','.join(COIN_DIRS)}]",
-        "bench.unseen=[]",
-        "train.steps=2",
-        f"paths.output_dir={runs}",
-    ]
+    cmd = [sys.executable, "-m", "mcl.train", f"bench={bench}", "bench.source=real"]
+    cmd += [f"bench.root={out}", "experiment=smoke", "train.steps=2"]
+    # experiment=smoke names the synthetic tasks: the benchmark's own are passed back
+    cmd += [f"bench.tasks=[{','.join(cfg['tasks'])}]", f"bench.unseen=[{','.join(cfg['unseen'])}]"]
+    cmd += [f"paths.output_dir={runs}"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     results = json.loads(next(runs.rglob("results.json")).read_text())
-    matrix = results["matrix"]
-    assert len(matrix) == len(COIN_DIRS) + 1
-    assert all(len(row) == len(COIN_DIRS) for row in matrix)
+    n = len(cfg["tasks"])
+    assert len(results["matrix"]) == n + 1
+    assert all(len(row) == n and None not in row for row in results["matrix"])
 
 
 def test_real_run_without_test_shards_stops_before_the_model_is_built(tmp_path):
@@ -202,6 +226,5 @@ def test_real_run_without_test_shards_stops_before_the_model_is_built(tmp_path):
     line = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(line) == 1 and "Traceback" not in p.stderr, p.stderr
     assert "bench.json has no shards for gqa test" in line[0]
-    assert f"python -m mcl.data.prepare --bench coin --root <the unpacked benchmark> --out {out}" in (
-        line[0]
-    )
+    command = f"python -m mcl.data.prepare --bench coin --root <the unpacked benchmark> --out {out}"
+    assert command in line[0]

@@ -27,7 +27,6 @@ error (one line).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def plan(
     if not table:
         raise UserError(f"conf/bench/{bench}.yaml has no files.tasks block; it cannot be prepared")
     names = list(cfg.get("tasks") or []) + list(cfg.get("unseen") or [])
-    chosen = names if not tasks else tasks
+    chosen = tasks or names
     unknown = [t for t in chosen if t not in names]
     if unknown:
         raise UserError(
@@ -147,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
     try:
-        summaries = prepare(
-            a.bench, a.root, a.out, tasks, a.images, a.limit, progress=not a.quiet
-        )
+        summaries = prepare(a.bench, a.root, a.out, tasks, a.images, a.limit, progress=not a.quiet)
     except (UserError, ReadError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -370,7 +370,8 @@ def _check_bench_json(root: Path) -> dict:
     if not path.exists():
         raise ConfigError(
             f"{where}: no bench.json there; expected a converted benchmark "
-            "(`python -m mcl.data.prepare --bench B --root DIR --out DIR`) or bench.source=synthetic"
+            "(`python -m mcl.data.prepare --bench B --root DIR --out DIR`) or "
+            "bench.source=synthetic"
         )
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
@@ -399,8 +400,9 @@ def _check_splits(cfg: DictConfig, spec: dict, root: str) -> None:
     lacking = [f"{n} {s}" for n, s in need if n in by_name and s not in by_name[n]]
     if lacking:
         more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+        named = ", ".join(lacking[:3]) + more
         raise ConfigError(
-            f"bench.root={show(root)}: bench.json has no shards for {', '.join(lacking[:3])}{more}; "
+            f"bench.root={show(root)}: bench.json has no shards for {named}; "
             f"convert every split with `python -m mcl.data.prepare --bench {spec['name']} "
             f"--root <the unpacked benchmark> --out {root}`"
         )
