@@ -207,8 +207,11 @@ def test_end_to_end_from_the_published_layout(bench, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     results = json.loads(next(runs.rglob("results.json")).read_text())
     n = len(cfg["tasks"])
-    assert len(results["matrix"]) == n + 1
-    assert all(len(row) == n and None not in row for row in results["matrix"])
+    matrix = results["matrix"]  # row 0: the base; row i: after task i, tasks 1..i scored
+    assert len(matrix) == n + 1 and all(len(row) == n for row in matrix)
+    assert None not in matrix[0] and None not in matrix[-1]
+    assert all(None not in matrix[i][:i] for i in range(1, n + 1))
+    assert results["data_source"] == "real"
 
 
 def test_real_run_without_test_shards_stops_before_the_model_is_built(tmp_path):
