@@ -45,51 +45,70 @@ def _image(path: Path, seed: int) -> None:
     Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
 
 
+def _split(files: dict, entry: dict, split: str) -> dict:
+    spec = entry[split] if isinstance(entry[split], dict) else {"file": entry[split]}
+    keys = ("format", "images")
+    inherited = {k: files[k] for k in keys if k in files} | {
+        k: entry[k] for k in keys if k in entry
+    }
+    return inherited | spec
+
+
 def write_release(bench: str, root: Path, n_train: int = 6, n_test: int = 4) -> Path:
     """A tiny release of ``bench`` in its published layout, where ``files:`` in its config says
-    the files are: per task a train file of LLaVA conversations and a test file of
-    ``question_id``/``image``/``text``/``answer`` records (``answer_bbox`` + ``size`` for a box
-    task, the option letter for a multiple-choice one), and the images they name."""
+    the files are: per task a train file of conversations, a test file of ``question_id`` /
+    ``image`` / question / ``answer`` records (``answer_bbox`` + ``size`` for a box task, the
+    option letter for a multiple-choice one; ``question`` for InternVL's evaluation lines,
+    ``text`` for CoIN's) or COCO-style caption references, and the images they name."""
     cfg = load_bench(bench)
     files = cfg["files"]
     for t, (task, entry) in enumerate(files["tasks"].items()):
         scorer = cfg["task_info"][task]["scorer"]
-        images = root / entry.get("images", files.get("images", "."))
-        train, test = [], []
-        for i in range(n_train + n_test):
-            rel = f"{task}/images/{i}.png"
-            _image(images / rel, 100 * t + i)
-            box = None
-            if scorer == "iou":
-                question, box = "Please provide the bounding box of: the left cat", None
-                box = f"[0.{i}0, 0.10, 0.5{i}, 0.90]"
-            elif scorer == "mc":  # lettered options, the letter answers
-                question = f"Which is shown in picture {i}?\nA. cat\nB. dog\n{_MC}"
-                answer = "AB"[i % 2]
-            else:
-                question, answer = f"What is shown in picture {i}?\n{_VQA}", f"thing{i}"
-            if i < n_train:
-                train.append(
-                    {
-                        "id": f"{task}-{i}",
-                        "image": rel,
-                        "conversations": [
-                            {"from": "human", "value": "<image>\n" + question},
-                            {"from": "gpt", "value": box or answer},
-                        ],
-                    }
-                )
-            else:
-                rec = {"question_id": f"{task}-q{i}", "image": rel, "text": question}
-                if box:
-                    rec |= {"answer_bbox": box, "size": [640, 480]}
+        for split, first in (("train", 0), ("test", n_train)):
+            if split not in entry:
+                continue
+            spec = _split(files, entry, split)
+            images, fmt = root / spec.get("images", "."), spec.get("format", "llava")
+            records = []
+            for i in range(first, first + (n_train if split == "train" else n_test)):
+                rel = f"{task}/images/{i}.png"
+                _image(images / rel, 100 * t + i)
+                answer = f"thing{i}"
+                if scorer == "iou":
+                    question = "Please provide the bounding box of: the left cat"
+                    answer = f"[0.{i}0, 0.10, 0.5{i}, 0.90]"
+                elif scorer == "mc":  # lettered options, the letter answers
+                    question = f"Which is shown in picture {i}?\nA. cat\nB. dog\n{_MC}"
+                    answer = "AB"[i % 2]
+                else:
+                    question = f"What is shown in picture {i}?\n{_VQA}"
+                if split == "train":
+                    human = {"from": "human", "value": "<image>\n" + question}
+                    conv = [human, {"from": "gpt", "value": answer}]
+                    records.append({"id": f"{task}-{i}", "image": rel, "conversations": conv})
+                    continue
+                rec = {"question_id": f"{task}-q{i}", "image": rel}
+                rec["question" if fmt == "internvl" else "text"] = question
+                if scorer == "iou" and fmt == "coin":
+                    rec |= {"answer_bbox": answer, "size": [640, 480]}
                 else:
                     rec["answer"] = answer
-                test.append(rec)
-        for split, records in (("train", train), ("test", test)):
-            if split in entry:
-                path = root / entry[split]
-                path.parent.mkdir(parents=True, exist_ok=True)
+                records.append(rec)
+            path = root / spec["file"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "coco_captions":  # images + annotations, five captions an image
+                data = {
+                    "images": [{"id": k, "file_name": r["image"]} for k, r in enumerate(records)],
+                    "annotations": [
+                        {"image_id": k, "caption": f"a picture of thing {k} number {c}"}
+                        for k in range(len(records))
+                        for c in range(5)
+                    ],
+                }
+                path.write_text(json.dumps(data))
+            elif path.suffix == ".jsonl":
+                path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+            else:
                 path.write_text(json.dumps(records, indent=1))
     return root
 
@@ -176,7 +195,7 @@ def test_main_exit_codes(tmp_path, capsys):
     assert "bench.json" in printed
 
 
-WIRED = ["coin", "ucit", "mllm_dcl", "cvit"]
+WIRED = ["coin", "ucit", "mllm_dcl", "cvit", "dmole"]
 
 
 @pytest.mark.parametrize("bench", WIRED)
@@ -231,3 +250,13 @@ def test_real_run_without_test_shards_stops_before_the_model_is_built(tmp_path):
     assert "bench.json has no shards for gqa test" in line[0]
     command = f"python -m mcl.data.prepare --bench coin --root <the unpacked benchmark> --out {out}"
     assert command in line[0]
+
+
+def test_dmole_caption_test_keeps_every_reference_of_the_karpathy_file(tmp_path):
+    root, out = write_release("dmole", tmp_path / "release", 2, 2), tmp_path / "dmole"
+    prepare("dmole", root, out, tasks=["flickr30k", "skvg"], progress=False)
+    bench = Benchmark(out, ["flickr30k", "skvg"], [], "real")
+    captions = list(read_shards(bench.shard_paths(bench.task("flickr30k"), "test")))
+    assert [len(s["answers"]) for s in captions] == [5, 5]
+    boxes = list(read_shards(bench.shard_paths(bench.task("skvg"), "test")))
+    assert boxes[0]["answer"] == "[0.20, 0.10, 0.52, 0.90]"
