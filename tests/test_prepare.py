@@ -82,7 +82,11 @@ def write_release(bench: str, root: Path, n_train: int = 6, n_test: int = 4) -> 
                     answer = "AB"[i % 2]
                 else:
                     question = f"What is shown in picture {i}?\n{_VQA}"
-                if split == "train":
+                if fmt == "lavis":  # LAVIS VQA annotations, the same shape for both splits
+                    rec = {"question_id": f"{task}-q{i}", "question": question, "image": rel}
+                    records.append(rec | {"answer": [answer] * 3 + ["other"]})
+                    continue
+                if split == "train" and fmt != "coco_captions":
                     human = {"from": "human", "value": "<image>\n" + question}
                     conv = [human, {"from": "gpt", "value": answer}]
                     records.append({"id": f"{task}-{i}", "image": rel, "conversations": conv})
@@ -195,7 +199,7 @@ def test_main_exit_codes(tmp_path, capsys):
     assert "bench.json" in printed
 
 
-WIRED = ["coin", "ucit", "mllm_dcl", "cvit", "dmole"]
+WIRED = ["coin", "ucit", "mllm_dcl", "cvit", "dmole", "clmm"]
 
 
 @pytest.mark.parametrize("bench", WIRED)
@@ -260,3 +264,13 @@ def test_dmole_caption_test_keeps_every_reference_of_the_karpathy_file(tmp_path)
     assert [len(s["answers"]) for s in captions] == [5, 5]
     boxes = list(read_shards(bench.shard_paths(bench.task("skvg"), "test")))
     assert boxes[0]["answer"] == "[0.20, 0.10, 0.52, 0.90]"
+
+
+def test_clmm_lavis_answers_are_all_kept(tmp_path):
+    root, out = write_release("clmm", tmp_path / "release", 2, 2), tmp_path / "clmm"
+    prepare("clmm", root, out, tasks=["okvqa", "textcaps"], progress=False)
+    bench = Benchmark(out, ["okvqa", "textcaps"], [], "real")
+    vqa = list(read_shards(bench.shard_paths(bench.task("okvqa"), "test")))
+    assert vqa[0]["answers"] == ["thing2"] * 3 + ["other"]
+    captions = list(read_shards(bench.shard_paths(bench.task("textcaps"), "train")))
+    assert [len(s["answers"]) for s in captions] == [5, 5]
