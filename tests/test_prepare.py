@@ -274,3 +274,24 @@ def test_clmm_lavis_answers_are_all_kept(tmp_path):
     assert vqa[0]["answers"] == ["thing2"] * 3 + ["other"]
     captions = list(read_shards(bench.shard_paths(bench.task("textcaps"), "train")))
     assert [len(s["answers"]) for s in captions] == [5, 5]
+
+
+def test_verify_counts_records_images_and_references(tmp_path):
+    root = write_release("coin", tmp_path / "CoIN", 3, 2)
+    env, cmd = _env(tmp_path), [sys.executable, "-m", "mcl.data.verify", "--bench", "coin"]
+    cmd += ["--root", str(root), "--tasks", "gqa,grounding"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "gqa                 test         2 records, 2 usable, 0 text-only" in p.stdout
+    assert "grounding           test         2 records" in p.stdout
+    (root / "cl_dataset" / "gqa" / "images" / "4.png").unlink()
+    test = root / "Instructions_Original" / "GQA" / "test.json"
+    records = json.loads(test.read_text())
+    del records[0]["answer"]
+    test.write_text(json.dumps(records))
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 1
+    lines = [" ".join(line.split()) for line in p.stdout.splitlines()]
+    assert "gqa test 2 records, 0 usable, 0 text-only, refs min/mean/max 1/1.0/1" in lines
+    assert f"missing_field 1 e.g. {test}: record gqa-q3 has no 'answer'" in lines
+    assert f"missing_image 1 e.g. {root / 'cl_dataset'}: gqa/images/4.png" in lines
