@@ -149,3 +149,10 @@ def test_a_file_no_reader_can_use_is_one_line(tmp_path):
     p = _cli(*args, "coin", "--images", tmp_path / "images", "--out", tmp_path / "o")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
     assert "holds one JSON object" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_every_reader_is_a_format():
+    from mcl.data.convert import FORMATS
+    from mcl.data.readers import READERS
+
+    assert tuple(READERS) == FORMATS

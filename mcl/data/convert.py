@@ -67,14 +67,17 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from tqdm.auto import tqdm
 
 from mcl.config import CONF_DIR
-from mcl.data.readers import READERS, Problem, ReadError, split_items, to_llava
 from mcl.data.shards import encode_image, private_tmp, write_shards
 from mcl.utils.io import atomic_write_json
+
+if TYPE_CHECKING:  # the readers load only when a --format needs them (a run never does)
+    from mcl.data.readers import Problem
 
 SPLITS = ("train", "test")
 # skip reasons: the reader's (a field the benchmark's loader reads is absent or malformed, the
@@ -187,7 +190,9 @@ def load_records(path: Path) -> Iterator[tuple[int, object]]:
         index += 1
 
 
-FORMATS = tuple(READERS)  # --format choices; "llava" reads the file as load_records does
+# --format choices, one per reader of mcl.data.readers (checked by a test); "llava" reads the
+# file as load_records does
+FORMATS = ("llava", "question_answers", "coco_captions", "internvl", "lavis", "coin")
 
 
 def read_input(
@@ -204,6 +209,8 @@ def read_input(
     every other format goes through its reader in :mod:`mcl.data.readers`, whose records become
     LLaVA dicts with every reference kept (:func:`~mcl.data.readers.to_llava`).
     """
+    from mcl.data.readers import READERS, ReadError, split_items, to_llava
+
     if fmt not in READERS:
         raise UserError(f"unknown --format '{fmt}'; choose one of: {', '.join(FORMATS)}")
     needs = {"question_answers": ("--answers", answers)}
@@ -796,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
             prompt=a.prompt,
             strict=a.strict,
         )
-    except (UserError, ReadError) as e:
+    except UserError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(format_summary(summary, Path(a.out)))

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from mcl.config import CONF_DIR
 from mcl.data.convert import SPLITS, UserError, _Parser, convert, format_summary, load_bench
-from mcl.data.readers import ReadError
 
 SPLIT_KEYS = ("file", "format", "images", "answers", "refs", "kind", "prompt")
 ROOT_KEYS = ("file", "images", "answers", "refs")  # paths, relative to --root
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
     try:
         summaries = prepare(a.bench, a.root, a.out, tasks, a.images, a.limit, progress=not a.quiet)
-    except (UserError, ReadError) as e:
+    except UserError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     for s in summaries:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from mcl.data.convert import UserError, _Parser, load_bench, read_input, resolve_image
 from mcl.data.prepare import plan
-from mcl.data.readers import ReadError
 
 IMAGE_PROBLEMS = ("malformed", "missing_image", "path_escape")  # found by looking the path up
 
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_bench(a.bench)
         rows = verify(a.bench, a.root, tasks, a.images)
-    except (UserError, ReadError) as e:
+    except UserError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(format_report(rows))
