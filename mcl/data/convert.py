@@ -5,7 +5,11 @@
 
 Input: a JSON list (or JSONL, one record a line) of ``{"id", "image", "conversations":
 [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...],
-"answers": [...] (optional)}``; ``image`` is a path relative to ``--images``.
+"answers": [...] (optional)}``; ``image`` is a path relative to ``--images``. Any other layout a
+benchmark publishes is read by its reader of :mod:`mcl.data.readers`, named by ``--format``
+(``--answers``/``--refs`` for the separate answer or caption-reference file), which keeps every
+reference and puts ``options``, ``bbox`` and ``image_size`` into the sample's ``meta``. A whole
+benchmark is converted by ``python -m mcl.data.prepare``.
 
 Output: ``<out>/<task>/<split>-%06d.tar`` in the sample schema of :mod:`mcl.data.shards`
 (``json`` = task, modality, one human/gpt ``conversations`` pair, answer_type, answers, meta;
@@ -19,10 +23,14 @@ Rules:
   ``<image>\\n``; this fits LLaVA data that packs several independent questions about one image
   into one record. ``--multi-turn first`` keeps only the first pair. A record's ``answers`` list
   belongs to its first pair; later pairs get ``[their gpt answer]``.
-- **Skips** (counted by reason, up to 3 example ids each, in the summary): ``malformed`` (not an
+- **Skips** (counted by reason, up to 3 example ids each, in the summary): ``missing_field`` (a
+  field the benchmark's loader reads is absent: no ``conversations``, as in a test file read
+  without its ``--format``; an ``<image>`` conversation without ``image``; a reader's missing
+  ``answer``), ``no_reference`` / ``unsupported`` (the reader's), ``text_only`` (no ``image``
+  field and no ``<image>``: shards hold image samples), ``malformed`` (not an
   object, bad JSON line, conversations not alternating human/gpt, non-string image path, empty
   question), ``path_escape`` (absolute path, ``..``, or a symlink resolving outside the image
-  root; such files are never opened), ``missing_image`` (no ``image`` field or no such file),
+  root; such files are never opened), ``missing_image`` (no such file),
   ``unreadable_image`` (PIL cannot decode the bytes), ``empty_answer`` (an empty or null answer).
   ``empty_answer`` counts QA pairs (the other pairs of the record are kept); every other reason
   counts records. A record holding text that is not valid Unicode (a lone surrogate such as
@@ -746,13 +754,15 @@ def format_summary(summary: dict, out: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ CLI
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line and exit status 2."""
+
     def error(self, message: str):  # one line, exit 2 (argparse prints usage + message)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m mcl.data.convert",
         description="Convert one published annotation file + an image folder into mcl shards.",
     )

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from mcl.config import CONF_DIR
-from mcl.data.convert import SPLITS, UserError, _Parser, convert, format_summary, load_bench
+from mcl.data.convert import SPLITS, OneLineParser, UserError, convert, format_summary, load_bench
 
 SPLIT_KEYS = ("file", "format", "images", "answers", "refs", "kind", "prompt")
 ROOT_KEYS = ("file", "images", "answers", "refs")  # paths, relative to --root
@@ -131,7 +131,7 @@ def prepare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m mcl.data.prepare",
         description="Convert every task's train and test split of a benchmark, as published.",
     )

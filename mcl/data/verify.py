@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from mcl.data.convert import UserError, _Parser, load_bench, read_input, resolve_image
+from mcl.data.convert import OneLineParser, UserError, load_bench, read_input, resolve_image
 from mcl.data.prepare import plan
 
 IMAGE_PROBLEMS = ("malformed", "missing_image", "path_escape")  # found by looking the path up
@@ -94,7 +94,7 @@ def format_report(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m mcl.data.verify",
         description="Count what an unpacked benchmark holds, per task and split.",
     )
