@@ -151,12 +151,15 @@ def test_skip_counts_in_summary_file(llava, tmp_path):
     assert skipped == {
         "malformed": 1,
         "path_escape": 3,
-        "missing_image": 2,
+        "missing_image": 1,
+        "text_only": 1,
         "unreadable_image": 1,
         "empty_answer": 1,
     }
     assert summary["skipped"]["path_escape"]["examples"] == ["dotdot", "absolute", "symlink-out"]
-    assert summary["skipped"]["missing_image"]["examples"] == ["missing-file", "text-only"]
+    # a record without an image field is text-only, not a missing image
+    assert summary["skipped"]["missing_image"]["examples"] == ["missing-file"]
+    assert summary["skipped"]["text_only"]["examples"] == ["text-only"]
     assert summary["records"] == 12 and summary["written"] == 5
 
 

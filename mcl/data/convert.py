@@ -5,7 +5,11 @@
 
 Input: a JSON list (or JSONL, one record a line) of ``{"id", "image", "conversations":
 [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...],
-"answers": [...] (optional)}``; ``image`` is a path relative to ``--images``.
+"answers": [...] (optional)}``; ``image`` is a path relative to ``--images``. Any other layout a
+benchmark publishes is read by its reader of :mod:`mcl.data.readers`, named by ``--format``
+(``--answers``/``--refs`` for the separate answer or caption-reference file), which keeps every
+reference and puts ``options``, ``bbox`` and ``image_size`` into the sample's ``meta``. A whole
+benchmark is converted by ``python -m mcl.data.prepare``.
 
 Output: ``<out>/<task>/<split>-%06d.tar`` in the sample schema of :mod:`mcl.data.shards`
 (``json`` = task, modality, one human/gpt ``conversations`` pair, answer_type, answers, meta;
@@ -19,10 +23,14 @@ Rules:
   ``<image>\\n``; this fits LLaVA data that packs several independent questions about one image
   into one record. ``--multi-turn first`` keeps only the first pair. A record's ``answers`` list
   belongs to its first pair; later pairs get ``[their gpt answer]``.
-- **Skips** (counted by reason, up to 3 example ids each, in the summary): ``malformed`` (not an
+- **Skips** (counted by reason, up to 3 example ids each, in the summary): ``missing_field`` (a
+  field the benchmark's loader reads is absent: no ``conversations``, as in a test file read
+  without its ``--format``; an ``<image>`` conversation without ``image``; a reader's missing
+  ``answer``), ``no_reference`` / ``unsupported`` (the reader's), ``text_only`` (no ``image``
+  field and no ``<image>``: shards hold image samples), ``malformed`` (not an
   object, bad JSON line, conversations not alternating human/gpt, non-string image path, empty
   question), ``path_escape`` (absolute path, ``..``, or a symlink resolving outside the image
-  root; such files are never opened), ``missing_image`` (no ``image`` field or no such file),
+  root; such files are never opened), ``missing_image`` (no such file),
   ``unreadable_image`` (PIL cannot decode the bytes), ``empty_answer`` (an empty or null answer).
   ``empty_answer`` counts QA pairs (the other pairs of the record are kept); every other reason
   counts records. A record holding text that is not valid Unicode (a lone surrogate such as
@@ -67,6 +75,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -75,8 +84,25 @@ from mcl.config import CONF_DIR
 from mcl.data.shards import encode_image, private_tmp, write_shards
 from mcl.utils.io import atomic_write_json
 
+if TYPE_CHECKING:  # the readers load only when a --format needs them (a run never does)
+    from mcl.data.readers import Problem
+
 SPLITS = ("train", "test")
-REASONS = ("malformed", "path_escape", "missing_image", "unreadable_image", "empty_answer")
+# skip reasons: the reader's (a field the benchmark's loader reads is absent or malformed, the
+# separate answer file has no entry, an unsupported layout), then the converter's own
+REASONS = (
+    "missing_field",
+    "no_reference",
+    "unsupported",
+    "malformed",
+    "text_only",
+    "path_escape",
+    "missing_image",
+    "unreadable_image",
+    "empty_answer",
+)
+IMAGE_REASONS = ("path_escape", "missing_image", "unreadable_image")
+META_KEYS = ("options", "bbox", "image_size")  # a record's ``meta`` fields kept in the sample
 CONVERTIBLE = ("image",)  # modalities this converter writes (payload png/jpg)
 MAX_EXAMPLES = 3
 # instructions found from the questions (module doc): the last line must be shared by this share
@@ -170,6 +196,58 @@ def load_records(path: Path) -> Iterator[tuple[int, object]]:
         except (json.JSONDecodeError, RecursionError):
             yield index, None
         index += 1
+
+
+# --format choices, one per reader of mcl.data.readers (checked by a test); "llava" reads the
+# file as load_records does
+FORMATS = ("llava", "question_answers", "coco_captions", "internvl", "lavis", "coin")
+
+
+def read_input(
+    fmt: str,
+    path: Path,
+    answers: Path | None = None,
+    refs: Path | None = None,
+    kind: str | None = None,
+    prompt: str | None = None,
+) -> tuple[list[tuple[int, object]], list[Problem]]:
+    """``(index, LLaVA record)`` pairs and the reader's problems for one input file.
+
+    ``llava`` is read record by record (:func:`load_records`, the converter's own checks apply);
+    every other format goes through its reader in :mod:`mcl.data.readers`, whose records become
+    LLaVA dicts with every reference kept (:func:`~mcl.data.readers.to_llava`).
+    """
+    from mcl.data.readers import READERS, ReadError, split_items, to_llava
+
+    if fmt not in READERS:
+        raise UserError(f"unknown --format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+    needs = {"question_answers": ("--answers", answers)}
+    for name, (flag, value) in needs.items():
+        if fmt == name and value is None:
+            raise UserError(f"--format {fmt} needs {flag} FILE (the separate answer file)")
+    for flag, value in (("--answers", answers), ("--refs", refs)):
+        if value is not None and not Path(value).is_file():
+            raise UserError(f"{flag} file not found: {value}")
+    if fmt == "llava":
+        if answers or refs:
+            raise UserError("--format llava takes no --answers/--refs; use --format coin")
+        return list(load_records(path)), []
+    opts: dict = {}
+    if fmt == "question_answers":
+        items = READERS[fmt](path, answers, kind=kind)
+    elif fmt == "coco_captions":  # the references file, with or without a question file
+        if prompt:
+            opts["prompt"] = prompt
+        items = READERS[fmt](refs, path, **opts) if refs else READERS[fmt](path, **opts)
+    elif fmt == "coin":
+        items = READERS[fmt](path, answers=answers, kind=kind)
+    else:  # internvl, lavis
+        items = READERS[fmt](path, prompt=prompt) if prompt else READERS[fmt](path)
+    try:
+        records, problems = split_items(items)
+    except ReadError as e:
+        raise UserError(str(e)) from None
+    return [(i, to_llava(r)) for i, r in enumerate(records)], problems
 
 
 def qa_pairs(conversations: object) -> list[tuple[str, str]]:
@@ -303,21 +381,32 @@ def read_image(path: Path) -> tuple[bytes, str, bool]:
 
 # ------------------------------------------------------------------------------ conversion
 class Skips:
+    """Skipped records (QA pairs for ``empty_answer``) by reason, with a few example ids and the
+    first one-line explanation of each reason that has one."""
+
     def __init__(self) -> None:
         self.count = {r: 0 for r in REASONS}
         self.examples: dict[str, list[str]] = {r: [] for r in REASONS}
+        self.first: dict[str, str] = {}
 
-    def add(self, reason: str, example: str) -> None:
+    def add(self, reason: str, example: str, line: str | None = None) -> None:
         self.count[reason] += 1
         if len(self.examples[reason]) < MAX_EXAMPLES:
             self.examples[reason].append(example)
+        if line and reason not in self.first:
+            self.first[reason] = line
+
+    def add_problem(self, problem: Problem) -> None:
+        self.add(problem.reason, problem.record, str(problem))
 
     def as_dict(self) -> dict:
-        return {
-            r: {"count": self.count[r], "examples": self.examples[r]}
-            for r in REASONS
-            if self.count[r]
-        }
+        out = {}
+        for r in REASONS:
+            if self.count[r]:
+                out[r] = {"count": self.count[r], "examples": self.examples[r]}
+                if r in self.first:
+                    out[r]["first"] = self.first[r]
+        return out
 
 
 def _samples(records, task, split, info, root_real, multi_turn, skips, stats, bar, finder):
@@ -327,15 +416,19 @@ def _samples(records, task, split, info, root_real, multi_turn, skips, stats, ba
         if not isinstance(rec, dict) or not well_formed(rec):
             skips.add("malformed", f"#{index}")
             continue
-        rid = str(rec.get("id", f"#{index}"))
+        rid = str(rec.get("id", rec.get("question_id", f"#{index}")))
+        if "conversations" not in rec:  # e.g. a test file of question_id/text/answer records
+            skips.add("missing_field", rid, f"record {rid} has no 'conversations'")
+            continue
         try:
             pairs = qa_pairs(rec.get("conversations"))
         except ValueError:
             skips.add("malformed", rid)
             continue
         rel = rec.get("image")
-        if rel is None:
-            skips.add("missing_image", rid)
+        if rel is None:  # no image field: text-only unless the conversation shows <image>
+            shown = _mentions_image(rec.get("conversations"))
+            skips.add("missing_field" if shown else "text_only", rid)
             continue
         if not isinstance(rel, str):
             skips.add("malformed", rid)
@@ -363,8 +456,10 @@ def _samples(records, task, split, info, root_real, multi_turn, skips, stats, ba
         refs = [str(r).strip() for r in refs if r is not None] if isinstance(refs, list) else []
         refs = [r for r in refs if r]
         given = rec.get("instruction")
+        kept_meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+        kept_meta = {k: kept_meta[k] for k in META_KEYS if kept_meta.get(k) is not None}
         for turn, question, answer in kept:
-            meta = {"id": rec.get("id", index), "index": index, "image": rel}
+            meta = {"id": rec.get("id", index), "index": index, "image": rel, **kept_meta}
             if len(pairs) > 1:
                 meta["turn"] = turn
             instruction = given.strip() if isinstance(given, str) and given.strip() else None
@@ -391,6 +486,22 @@ def _samples(records, task, split, info, root_real, multi_turn, skips, stats, ba
             }
         if index % 500 == 0:
             bar.set_postfix(written=stats["samples"], refresh=False)
+
+
+def _mentions_image(conversations: object) -> bool:
+    return isinstance(conversations, list) and any(
+        isinstance(t, dict) and isinstance(t.get("value"), str) and "<image>" in t["value"]
+        for t in conversations
+    )
+
+
+def problem_counts(problems: list[Problem], usable: int) -> str:
+    """``"2 of 5 records: 2 missing_field"`` for a reader's problems."""
+    by: dict[str, int] = {}
+    for p in problems:
+        by[p.reason] = by.get(p.reason, 0) + 1
+    detail = ", ".join(f"{n} {r}" for r, n in by.items())
+    return f"{len(problems)} of {len(problems) + usable} records: {detail}"
 
 
 def _sha256(path: Path) -> str:
@@ -465,8 +576,19 @@ def convert(
     multi_turn: str = "split",
     progress: bool = True,
     conf_dir: Path = CONF_DIR,
+    fmt: str = "llava",
+    answers: str | Path | None = None,
+    refs: str | Path | None = None,
+    kind: str | None = None,
+    prompt: str | None = None,
+    strict: bool = False,
 ) -> dict:
-    """Convert one (task, split); returns the summary (also written next to the shards)."""
+    """Convert one (task, split); returns the summary (also written next to the shards).
+
+    ``strict``: a record the reader cannot use (a missing ``answer``, an unmatched reference)
+    stops the conversion with that record's one-line problem instead of being skipped -- what a
+    test split needs, since a test set missing questions is not the benchmark any more.
+    """
     cfg = load_bench(bench, conf_dir)
     names = list(cfg.get("tasks") or []) + list(cfg.get("unseen") or [])
     if task not in names:
@@ -493,8 +615,17 @@ def convert(
         raise UserError(f"image root is not a directory: {images}")
     root_real = Path(os.path.realpath(images))
 
-    records = list(load_records(json_path))
-    if not records:
+    records, problems = read_input(
+        fmt,
+        json_path,
+        Path(answers) if answers else None,
+        Path(refs) if refs else None,
+        kind,
+        prompt,
+    )
+    if strict and problems:
+        raise UserError(f"{problems[0]} ({problem_counts(problems, len(records))})")
+    if not records and not problems:
         raise UserError(f"{json_path} holds no records")
     if limit is not None:
         records = records[:limit]
@@ -502,6 +633,8 @@ def convert(
     task_dir.mkdir(parents=True, exist_ok=True)
     tmp = private_tmp(task_dir / split)  # removed below, even on failure
     skips, stats = Skips(), {"samples": 0, "reencoded": 0, "instructions": {}}
+    for problem in problems:
+        skips.add_problem(problem)
     finder = InstructionFinder(split_questions(records, multi_turn))
     bar = tqdm(
         total=len(records),
@@ -521,10 +654,13 @@ def convert(
             "split": split,
             "json": str(json_path),
             "json_sha256": _sha256(json_path),
+            "format": fmt,
+            "answers": str(answers) if answers else None,
+            "refs": str(refs) if refs else None,
             "images": str(images),
             "limit": limit,
             "multi_turn": multi_turn,
-            "records": len(records),
+            "records": len(records) + len(problems),
             "written": stats["samples"],
             "reencoded": stats["reencoded"],
             # meta.instruction as written, most frequent first (samples per text)
@@ -558,6 +694,23 @@ def convert(
     return summary
 
 
+def skip_hint(skipped: dict) -> str:
+    """What to do about the most frequent skip reason, naming its real cause."""
+    reasons = [r for r in skipped if r != "empty_answer"]
+    top = max(reasons, key=lambda r: skipped[r]["count"])
+    first = skipped[top].get("first")
+    if top in IMAGE_REASONS:
+        return f"{top}: check --images (the folder the records' image paths are relative to)"
+    if top == "text_only":
+        return "text_only: records without an image; mcl shards hold image samples only"
+    if first and "has no 'conversations'" in first:
+        return (
+            f"{first}: not a LLaVA conversations file (a test file?); pick its reader with "
+            f"--format ({', '.join(FORMATS)})"
+        )
+    return first or f"{top}: see the examples above"
+
+
 def format_summary(summary: dict, out: Path) -> str:
     s = summary
     lines = [
@@ -587,8 +740,10 @@ def format_summary(summary: dict, out: Path) -> str:
         )
     n_skip = sum(v["count"] for k, v in skipped.items() if k != "empty_answer")
     if s["records"] and n_skip / s["records"] > 0.05:
+        causes = ", ".join(f"{v['count']} {k}" for k, v in skipped.items() if k != "empty_answer")
         lines.append(
-            f"WARNING: {n_skip / s['records']:.0%} of the records were skipped; check --images"
+            f"WARNING: {n_skip / s['records']:.0%} of the records were skipped ({causes}); "
+            + skip_hint(skipped)
         )
     lines.append(f"summary: {out / s['task'] / (s['split'] + '.convert.json')}")
     if s["written"]:
@@ -599,15 +754,17 @@ def format_summary(summary: dict, out: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ CLI
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line and exit status 2."""
+
     def error(self, message: str):  # one line, exit 2 (argparse prints usage + message)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m mcl.data.convert",
-        description="Convert LLaVA-style JSON/JSONL + an image folder into mcl shards.",
+        description="Convert one published annotation file + an image folder into mcl shards.",
     )
     p.add_argument("--bench", required=True, help="benchmark config under conf/bench")
     p.add_argument("--task", required=True, help="a task or unseen task of that benchmark")
@@ -621,6 +778,19 @@ def main(argv: list[str] | None = None) -> int:
         "--multi-turn",
         default="split",
         help="split: one sample per QA pair (default); first: keep the first pair only",
+    )
+    p.add_argument(
+        "--format",
+        default="llava",
+        choices=FORMATS,
+        help="the file's layout, read by mcl.data.readers (docs/data_formats.md); default llava",
+    )
+    p.add_argument("--answers", default=None, help="separate answer file (question_answers, coin)")
+    p.add_argument("--refs", default=None, help="COCO-style caption references (coco_captions)")
+    p.add_argument("--kind", default=None, help="answer file kind: textvqa | vqa | gqa | scienceqa")
+    p.add_argument("--prompt", default=None, help="prompt a caption/InternVL/LAVIS reader appends")
+    p.add_argument(
+        "--strict", action="store_true", help="stop at the first record the reader cannot use"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -636,6 +806,12 @@ def main(argv: list[str] | None = None) -> int:
             shard_size=a.shard_size,
             multi_turn=a.multi_turn,
             progress=not a.quiet,
+            fmt=a.format,
+            answers=a.answers,
+            refs=a.refs,
+            kind=a.kind,
+            prompt=a.prompt,
+            strict=a.strict,
         )
     except UserError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)

@@ -313,6 +313,7 @@ def _check_paths(cfg: DictConfig) -> None:
         spec = _check_bench_json(Path(str(root)).expanduser())
         names = [t["name"] for t in spec.get("tasks", []) + spec.get("unseen", [])]
         _check_task_names(cfg, names, f"{Path(str(root)) / 'bench.json'}")
+        _check_splits(cfg, spec, str(root))
     elif source == "real" and not root:
         name = _get(cfg, "bench.name", "bench")
         raise ConfigError(f"bench.root=null: bench.source=real needs bench.root=/path/to/{name}")
@@ -369,7 +370,8 @@ def _check_bench_json(root: Path) -> dict:
     if not path.exists():
         raise ConfigError(
             f"{where}: no bench.json there; expected a converted benchmark "
-            "(`python -m mcl.data.convert ...`) or bench.source=synthetic"
+            "(`python -m mcl.data.prepare --bench B --root DIR --out DIR`) or "
+            "bench.source=synthetic"
         )
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
@@ -386,6 +388,24 @@ def _check_bench_json(root: Path) -> dict:
     if problem:
         raise ConfigError(f"{where}: {path} {problem}; re-convert the benchmark")
     return spec
+
+
+def _check_splits(cfg: DictConfig, spec: dict, root: str) -> None:
+    """Every task the run trains has train and test shards, every unseen task test shards: a
+    split that was never converted stops here, before the base model is built."""
+    by_name = {t["name"]: t for t in spec.get("tasks", []) + spec.get("unseen", [])}
+    tasks = list(_get(cfg, "bench.tasks") or [])
+    need = [(n, s) for n in tasks for s in ("train", "test")]
+    need += [(n, "test") for n in _get(cfg, "bench.unseen") or []]
+    lacking = [f"{n} {s}" for n, s in need if n in by_name and s not in by_name[n]]
+    if lacking:
+        more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+        named = ", ".join(lacking[:3]) + more
+        raise ConfigError(
+            f"bench.root={show(root)}: bench.json has no shards for {named}; "
+            f"convert every split with `python -m mcl.data.prepare --bench {spec['name']} "
+            f"--root <the unpacked benchmark> --out {root}`"
+        )
 
 
 def _bench_spec_problem(spec) -> str | None:
