@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import mcl.runner as runner_mod
+import mcl.runner.checkpoint as runner_mod
 from mcl.train import run, user_error
 from tests.conftest import MICRO, compose_cfg
 
