@@ -1,6 +1,6 @@
 """Entry point: ``python -m mcl.train [group=option ...] [key=value ...]``.
 
-Check the command line (:func:`mcl.utils.validate.precheck`: a mistake is one line and exit code
+Check the command line (:func:`mcl.validate.precheck`: a mistake is one line and exit code
 2, before Hydra makes a run directory), compose the config, claim the run directory, build
 benchmark -> model -> method -> data -> runner, run the sequence, print the accuracy matrix.
 Everything else lives in the layers below. Exit codes: 0 done, 2 a mistake the user can fix
@@ -29,7 +29,7 @@ from mcl.config import CONF_DIR, ConfigError, check_overrides
 from mcl.utils import preempt
 from mcl.utils.io import CheckpointError
 from mcl.utils.lock import RunDirError, RunLock
-from mcl.utils.validate import precheck, validate
+from mcl.validate import precheck, validate
 
 EXIT_USER = 2
 # errors of the data layer, by module: recognised once that module is loaded (a run loads it)

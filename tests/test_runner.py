@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from mcl.runner.state import RunState, declared_extras
+from mcl.eval.state import RunState, declared_extras
 from mcl.train import build
 from tests.conftest import MICRO, compose_cfg
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mcl.config import ConfigError
-from mcl.utils.validate import precheck, unwritable, validate
+from mcl.validate import precheck, unwritable, validate
 from tests.conftest import MICRO, compose_cfg
 
 ROOT = Path(__file__).resolve().parent.parent

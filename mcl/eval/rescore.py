@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from mcl.config import CONF_DIR
 from mcl.eval.metrics import extra_keys, extra_names
 from mcl.eval.scorers import score_records, task_modes
-from mcl.runner.state import RunState
+from mcl.eval.state import RunState
 from mcl.utils.io import atomic_write_json
 
 

@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from safetensors.torch import load, save
 
-from mcl.runner.state import RunState
+from mcl.eval.state import RunState
 from mcl.utils import dist, preempt
 from mcl.utils.io import atomic_write_bytes, atomic_write_json
 

@@ -1,7 +1,7 @@
 """The continual loop: zero-shot row, then per task start -> fit -> end -> evaluate ->
 checkpoint, then the results. It knows the ContinualMethod hooks, never a method's name.
 
-What the run has measured lives in one :class:`~mcl.runner.state.RunState` (``runner.state``);
+What the run has measured lives in one :class:`~mcl.eval.state.RunState` (``runner.state``);
 evaluation (``evaluate``), checkpoints (``checkpoint``) and results.json (``results``) read and
 fill it from their own modules.
 """
@@ -21,9 +21,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from mcl.eval.scorers import task_modes
+from mcl.eval.state import RunState, declared_extras
 from mcl.runner import checkpoint, evaluate, results
 from mcl.runner.callbacks import BadShareAtFitEnd, WhereTrained
-from mcl.runner.state import RunState, declared_extras
 from mcl.utils import dist, preempt
 from mcl.utils.io import CheckpointError
 
