@@ -40,8 +40,8 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     config = tmp_path / "pyproject.toml"
     config.write_text((ROOT / "pyproject.toml").read_text())
     code = (
-        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from importlinter.cli import lint_imports; "
-        f"sys.exit(lint_imports({str(config)!r}))"
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
+        f"from importlinter.cli import lint_imports; sys.exit(lint_imports({str(config)!r}))"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode != 0
