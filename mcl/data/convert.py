@@ -547,7 +547,7 @@ def update_bench_json(out: Path, cfg: dict, task: str, split: str, split_entry: 
 
     def entry(name: str) -> dict:
         e = _task_entry(name, cfg["task_info"][name])
-        for s in SPLITS:
+        for s in (*SPLITS, "eval_sets"):  # a task's several test sets (mcl.data.prepare_xmodal)
             if s in old_by_name.get(name, {}):
                 e[s] = old_by_name[name][s]
         if name == task:

@@ -105,6 +105,10 @@ def prepare(
     conf_dir: Path = CONF_DIR,
 ) -> list[dict]:
     """Convert every planned split into ``out``; returns the convert summaries in order."""
+    from mcl.data import prepare_xmodal  # video / audio / depth / points tasks (bench mcl)
+
+    if prepare_xmodal.handles(load_bench(bench, conf_dir)):
+        return prepare_xmodal.prepare(bench, root, out, tasks, images, limit, progress, conf_dir)
     _, jobs = plan(bench, root, tasks, images, conf_dir)
     summaries = []
     for job in jobs:
