@@ -10,7 +10,7 @@ A tower is loaded from ``model.xmodal.audio_encoder_path`` (a local checkpoint f
 is fetched) or, without a path, built with random weights from a small shipped config
 (``mcl/models/configs/<kind>_tiny_random.json``: tests and smoke runs). It is part of the frozen
 base (``mllm.frozen_encoders``: never trained, never in task checkpoints, kept in the base's
-dtype, always in eval mode); the trained projection is the audio input module in ``mllm.xmodal``.
+dtype, run in eval mode); the trained projection is the audio input module in ``mllm.xmodal``.
 
 The features each tower was trained on are computed in the collator from the shards' raw 16 kHz
 waveforms with transformers' own feature extractors, constructed from explicit arguments (no hub):
@@ -101,15 +101,19 @@ class FrozenAudioTower(nn.Module):
         super().__init__()
         self.kind, self.model, self.width = kind, model, width
         self.model.requires_grad_(False)
-        self.model.eval()
-
-    def train(self, mode: bool = True):  # dropout and friends stay off: the tower is frozen
-        super().train(mode)
-        self.model.eval()
-        return self
 
     @torch.no_grad()
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """Always in eval mode (no dropout: the tower is frozen), whatever mode the method is
+        in; the flag itself follows the method (Lightning warns about modules left in eval)."""
+        mode = self.model.training
+        self.model.eval()
+        try:
+            return self._hidden(feats)
+        finally:
+            self.model.train(mode)
+
+    def _hidden(self, feats: torch.Tensor) -> torch.Tensor:
         if self.kind == "whisper":
             return self.model(input_features=feats).last_hidden_state
         # CLAP: its last swin stage's map [B, C, F', T'], averaged over frequency: a sequence
