@@ -9,7 +9,9 @@ LLaVA projector) into placeholder positions of the prompt, after a modality cue 
   tower; the frames' patch features are concatenated, plus a learned per-frame embedding;
 - depth: two frames, the RGB image and its depth map (grey), as in PathWeave;
 - audio: a log-mel spectrogram (computed in the collator) through a small conv encoder, pooled
-  to ``audio.tokens`` time steps;
+  to ``audio.tokens`` time steps; or (``audio_encoder: whisper | clap``) a frozen pretrained
+  tower from transformers (:mod:`mcl.models.audio_encoders`, kept in ``mllm.frozen_encoders``)
+  whose hidden states a trained projection pools to ``audio.tokens`` vectors;
 - points: a PointNet-style encoder (per-point MLP, max-pool) over ``points.n_points`` points in
   the canonical (principal-axes) pose, expanded to ``points.tokens`` tokens.
 
@@ -31,6 +33,7 @@ from torch import nn
 
 from mcl.data.render import canonical_view
 from mcl.data.schema import MODALITIES, RGBD, SAMPLE_RATE
+from mcl.models.audio_encoders import build_audio_tower
 
 MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}
 FRAME_MODALITIES = ("video", "depth")
@@ -190,6 +193,22 @@ class PointEncoder(nn.Module):
         return self.norm(self.expand(g).view(len(pts), self.tokens, self.d))
 
 
+class TowerTokens(nn.Module):
+    """A frozen tower's hidden states ``[B, T, width]`` -> ``[B, tokens, d]``: pooled in time,
+    then the trained projection into the vision tower's feature space."""
+
+    def __init__(self, width: int, d: int, tokens: int):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool1d(tokens)
+        self.map = nn.Linear(width, d)
+        self.pos = nn.Parameter(torch.zeros(tokens, d))
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.pool(h.transpose(1, 2)).transpose(1, 2)
+        return self.norm(self.map(h) + self.pos)
+
+
 class ModalInput(nn.Module):
     """One modality's input path up to the connector: encoder (frame modalities use the frozen
     vision tower) and a linear map into the tower's feature space."""
@@ -217,7 +236,10 @@ class ModalInput(nn.Module):
 class XModal(nn.Module):
     """The input modules of the non-image modalities (``mllm.xmodal``) and how to embed a batch."""
 
-    def __init__(self, modalities: list[str], d: int, patches: int, cfg: dict):
+    def __init__(
+        self, modalities: list[str], d: int, patches: int, cfg: dict, audio_width: int = 0
+    ):
+        """``audio_width``: the hidden size of a frozen audio tower (0: the log-mel encoder)."""
         super().__init__()
         audio, points = cfg.get("audio", {}), cfg.get("points", {})
         # what the collator needs to turn payloads into these modules' inputs
@@ -238,7 +260,11 @@ class XModal(nn.Module):
                 self.tokens[m] = 2 * patches
             elif m == "audio":
                 n = int(audio.get("tokens", 12))
-                enc = AudioEncoder(self.prep["n_mels"], d, n)
+                enc = (
+                    TowerTokens(audio_width, d, n)
+                    if audio_width
+                    else AudioEncoder(self.prep["n_mels"], d, n)
+                )
                 self.inputs[m] = ModalInput(m, d, encoder=enc)
                 self.tokens[m] = n
             elif m == "points":
@@ -271,6 +297,7 @@ def embed(mllm, batch: dict) -> torch.Tensor:
     emb = model.get_input_embeddings()(ids)
     mods = batch["modality_ids"]
     projector = model.model.multi_modal_projector
+    frozen = getattr(mllm, "frozen_encoders", None) or {}
     feats: list[torch.Tensor | None] = [None] * len(ids)
     for m, key in (("image", "pixel_values"), *((m, MODAL_KEYS[m]) for m in xm.inputs)):
         rows = (mods == MODALITY_INDEX[m]).nonzero().flatten().tolist()
@@ -284,6 +311,9 @@ def embed(mllm, batch: dict) -> torch.Tensor:
             h = tower_features(model, x.flatten(0, 1)).unflatten(0, (b, f))
             h = xm.inputs[m](h.to(xm.inputs[m].proj.weight.dtype))
         else:
+            if m in frozen:  # a pretrained tower (frozen, base dtype) before the projection
+                q = next(frozen[m].parameters())
+                x = frozen[m](x.to(q.device, q.dtype))
             p = next(xm.inputs[m].parameters())
             h = xm.inputs[m](x.to(p.device, p.dtype))
         with mllm.route.scope(const=MODALITY_INDEX[m]):
@@ -330,11 +360,17 @@ def attach_xmodal(mllm, modalities: list[str], cfg: dict | None = None) -> None:
     vcfg = model.config.vision_config
     d = vcfg.hidden_size
     patches = mllm.collator.image_seq_length
+    seed = int(cfg.get("seed", 0))
+    tower = build_audio_tower(cfg, seed) if "audio" in modalities else None
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.get("seed", 0)))
-        xm = XModal([m for m in modalities if m != "image"], d, patches, cfg)
+        torch.manual_seed(seed)
+        mods = [m for m in modalities if m != "image"]
+        xm = XModal(mods, d, patches, cfg, audio_width=tower[0].width if tower else 0)
     p = next(model.parameters())
     mllm.xmodal = xm.to(p.device, p.dtype)
+    if tower is not None:  # part of the frozen base: the method freezes it, checkpoints skip it
+        mllm.frozen_encoders = nn.ModuleDict({"audio": tower[0].to(p.device, p.dtype)})
+        xm.prep["audio_features"] = tower[1]
     cues = {**DEFAULT_CUES, **(cfg.get("cues") or {})}
     mllm.collator.set_modal(
         tokens=xm.tokens, cues={m: cues.get(m, "") for m in xm.tokens}, **xm.prep
@@ -366,7 +402,9 @@ def collate_modal(collator, samples: list[dict]) -> dict[str, torch.Tensor]:
     if deps := group("depth"):
         flat = collator._images([f for s in deps for f in depth_frames(s)])
         out["depth_frames"] = flat.unflatten(0, (len(deps), 2))
-    if auds := group("audio"):
+    if (auds := group("audio")) and spec.get("audio_features") is not None:
+        out["audio_mel"] = spec["audio_features"]([s["payload"] for s in auds])
+    elif auds:
         mels = [log_mel(s["payload"], spec["n_mels"]) for s in auds]
         width = max(m.shape[1] for m in mels)
         out["audio_mel"] = torch.stack(
