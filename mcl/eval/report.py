@@ -3,9 +3,9 @@
 All three take the same arguments (column names, the (T+1) x C matrix, optional unseen columns
 and their (T+1) x U matrix; ``stages``: the trained tasks naming the rows, when a task has
 several eval sets and so the columns are not the tasks) and show missing cells as missing, never
-as 0. Files are written atomically so an interrupted run never leaves a truncated report. The heat map gives columns that
-score above 100 (CIDEr x100) their own colour scale and says when the data is synthetic;
-:func:`data_faults` words results.json's count of unreadable samples.
+as 0. Files are written atomically so an interrupted run never leaves a truncated report. The
+heat map gives columns that score above 100 (CIDEr x100) their own colour scale and says when
+the data is synthetic; :func:`data_faults` words results.json's count of unreadable samples.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
     python -m mcl.eval.rescore RUN_DIR... --scorer-mode PRESET
     python -m mcl.report RUN_DIR... --scoring PRESET
 
-Every run keeps its answers (predictions/rowN/TASK.jsonl; TASK/SET.jsonl per eval set where a task
-has several), so any scorer mode, per-task map or benchmark preset (e.g. one of cvit's `scorer_presets`: best-reference CIDEr, exact-match VQAv2,
-...) can be applied afterwards. The matrix, unseen matrix, held-out IF and the benchmark's extra
+Every run keeps its answers (predictions/rowN/TASK.jsonl; TASK/SET.jsonl per eval set where a
+task has several), so any scorer mode, per-task map or benchmark preset (e.g. one of cvit's
+`scorer_presets`: best-reference CIDEr, exact-match VQAv2, ...) can be applied afterwards. The
+matrix, unseen matrix, held-out IF and the benchmark's extra
 scores (`bench.extra_scores`, e.g. MIF) are recomputed through the same `score_records` and
 run state (`RunState.record`) the runner uses; everything else is copied. The result goes to
 `results.NAME.json` next to the run's `results.json`, which is never touched.
