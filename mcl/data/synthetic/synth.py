@@ -147,7 +147,7 @@ def _write(out, final, key, name, tasks, unseen, seed, train, test, shard_size, 
     jobs += [(t, "test", test, d) for t in tasks + unseen for d in eval_sets.get(t, [])]
     entries = {t: _task_entry(t, recipes[t]) for t in tasks + unseen}
     bar = tqdm(
-        total=sum(n for *_, n in jobs),
+        total=sum(job[2] for job in jobs),
         desc=f"writing {name} shards",
         disable=not progress,
         unit="sample",
