@@ -135,3 +135,50 @@ def test_one_set_per_task_is_the_matrix_itself():
     cols = [{"name": "a/x", "task": "a"}, {"name": "a/y", "task": "a"}, {"name": "b", "task": "b"}]
     means = stage_means([[1.0, 3.0, 5.0], [None, 3.0, 6.0]], cols, ["a", "b"])
     assert means == [[2.0, 5.0], [None, 6.0]]
+
+
+def test_a_bench_json_with_eval_sets_reads_each_set_as_a_column(tmp_path):
+    """bench.json's ``eval_sets``: each set a column named ``<task>/<set>``, read like a task
+    whose test split is the set's shards, with the set's scorer and generation length."""
+    from mcl.data.bench import Benchmark
+
+    shards = {"shards": ["video/eval-qa-000000.tar"], "samples": 3, "sha256": {"x": "y"}}
+    spec = {
+        "name": "b",
+        "tasks": [
+            {"name": "image", "scorer": "cider", "max_new_tokens": 32, "test": {"shards": []}},
+            {
+                "name": "video",
+                "scorer": "cider",
+                "max_new_tokens": 32,
+                "eval_sets": {
+                    "cap": {"shards": [], "samples": 2, "scorer": "cider"},
+                    "qa": {**shards, "scorer": "vqa", "answer_type": "word", "max_new_tokens": 4},
+                },
+            },
+        ],
+    }
+    (tmp_path / "bench.json").write_text(json.dumps(spec))
+    bench = Benchmark(tmp_path)
+    assert [c["name"] for c in bench.columns] == ["image", "video/cap", "video/qa"]
+    qa = bench.task("video/qa")
+    assert (qa["scorer"], qa["max_new_tokens"], qa["answer_type"]) == ("vqa", 4, "word")
+    assert qa["test"] == shards and qa["task"] == "video" and "eval_sets" not in qa
+    assert bench.task_names == ["image", "video"]
+
+
+def test_scorer_modes_per_set():
+    """A {task: mode} map reaches the task's sets whose scorer the mode concerns; a
+    {"task/set": mode} entry that set alone; one mode, every set it concerns."""
+    from mcl.eval.scorers import column_modes
+
+    cols = {"v/cap": ("v", "cider"), "v/qa": ("v", "vqa"), "i": ("i", "vqa")}
+    assert column_modes({"v": "best_ref_cider"}, cols) == {
+        "v/cap": "best_ref_cider",
+        "v/qa": "strict",
+        "i": "strict",
+    }
+    assert column_modes({"v/qa": "coin_vqa_exact"}, cols)["v/qa"] == "coin_vqa_exact"
+    assert column_modes("coin_vqa_exact", cols)["v/cap"] == "strict"
+    with pytest.raises(ValueError, match="nope"):
+        column_modes({"nope": "strict"}, cols)
