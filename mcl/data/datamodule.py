@@ -567,7 +567,9 @@ class ContinualDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ evaluation
     def test_samples(self, task_name: str) -> list[dict]:
-        """All test samples of a task (sequence or unseen), decoded once and cached."""
+        """All test samples of a task (sequence or unseen), or of one of its eval sets
+        (``<task>/<set>``, which the benchmark describes like a task whose ``test`` split is the
+        set's shards; its faults are counted under that name), decoded once and cached."""
         if task_name not in self._test_cache:
             spec = self.bench.task(task_name)
             bad: list[str] = []

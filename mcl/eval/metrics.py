@@ -27,6 +27,12 @@ CONVENTIONS = {
     "extras": "per extra score N: N.upper() = mean over trained tasks at the last row, "
     "N.upper() + '_unseen' over unseen tasks",
 }
+# said in a run's conventions when some task has several eval sets
+EVAL_SETS_CONVENTION = (
+    "a task evaluated on several sets has a matrix column per set; the metrics above use "
+    "stage_matrix (per task, the mean of its sets' cells); per_set gives each set's last, "
+    "plasticity (A[j][j]) and bwt (A[T][j] - A[j][j], None for the last task)"
+)
 
 
 def _cell(value: float | None) -> float | None:
@@ -132,6 +138,41 @@ def continual_metrics(
     out["unseen"] = per_row[-1] if per_row else None
     out["unseen_per_row"] = per_row
     out["conventions"] = dict(CONVENTIONS)
+    return out
+
+
+def stage_means(
+    matrix: Sequence[Sequence[float | None]], columns: Sequence[dict], tasks: Sequence[str]
+) -> list[list[float | None]]:
+    """Per row, per task the mean of its columns' cells (``columns``: ``{"name", "task",
+    "set"}`` each, in the matrix's order); None where a set of the task was not evaluated. With
+    one column per task, the matrix itself (its values untouched)."""
+    if [c["task"] for c in columns] == list(tasks):
+        return [list(row) for row in matrix]
+    out = []
+    for row in matrix:
+        cells = [_cell(v) for v in row]
+        means = []
+        for t in tasks:
+            mine = [v for v, c in zip(cells, columns) if c["task"] == t]
+            means.append(None if not mine or None in mine else sum(mine) / len(mine))
+        out.append(means)
+    return out
+
+
+def per_set_metrics(
+    matrix: Sequence[Sequence[float | None]], columns: Sequence[dict], tasks: Sequence[str]
+) -> dict[str, dict]:
+    """Per matrix column (an eval set of task j): ``last`` A[T][c], ``plasticity`` A[j][c] and
+    ``bwt`` A[T][c] - A[j][c] (None for the last task's sets)."""
+    a = _clean(matrix)
+    T = len(a) - 1
+    out = {}
+    for k, c in enumerate(columns):
+        j = list(tasks).index(c["task"]) + 1
+        last, learned = a[T][k], a[j][k]
+        bwt = _diff(last, learned) if j < T else None
+        out[c["name"]] = {"last": last, "plasticity": learned, "bwt": bwt}
     return out
 
 

@@ -1,10 +1,11 @@
 """Human-readable views of the accuracy matrix: console table, CSV and heat-map PNG.
 
-All three take the same arguments (task names, the (T+1) x T matrix, optional unseen tasks and
-their (T+1) x U matrix) and show missing cells as missing, never as 0. Files are written
-atomically so an interrupted run never leaves a truncated report. The heat map gives columns that
-score above 100 (CIDEr x100) their own colour scale and says when the data is synthetic;
-:func:`data_faults` words results.json's count of unreadable samples.
+All three take the same arguments (column names, the (T+1) x C matrix, optional unseen columns
+and their (T+1) x U matrix; ``stages``: the trained tasks naming the rows, when a task has
+several eval sets and so the columns are not the tasks) and show missing cells as missing, never
+as 0. Files are written atomically so an interrupted run never leaves a truncated report. The
+heat map gives columns that score above 100 (CIDEr x100) their own colour scale and says when
+the data is synthetic; :func:`data_faults` words results.json's count of unreadable samples.
 """
 
 from __future__ import annotations
@@ -66,11 +67,15 @@ def row_labels(tasks: Sequence[str]) -> list[str]:
     return ["0 (zero-shot)"] + [f"{i} after {t}" for i, t in enumerate(tasks, start=1)]
 
 
-def _columns(tasks, matrix, unseen_tasks, unseen_matrix) -> tuple[list[str], list[list]]:
-    """Column names (unseen ones included) and rows of floats/None, after checking shapes."""
+def _columns(
+    tasks, matrix, unseen_tasks, unseen_matrix, stages=None
+) -> tuple[list[str], list[list]]:
+    """Column names (unseen ones included) and rows of floats/None, after checking shapes
+    (``stages``: the row tasks, default ``tasks``)."""
     unseen_tasks = list(unseen_tasks or [])
-    if len(matrix) != len(tasks) + 1 or any(len(r) != len(tasks) for r in matrix):
-        raise ValueError(f"matrix must be {len(tasks) + 1} rows of {len(tasks)} cells")
+    n_rows = len(tasks if stages is None else stages) + 1
+    if len(matrix) != n_rows or any(len(r) != len(tasks) for r in matrix):
+        raise ValueError(f"matrix must be {n_rows} rows of {len(tasks)} cells")
     if unseen_tasks:
         if unseen_matrix is None or len(unseen_matrix) != len(matrix):
             raise ValueError(f"unseen matrix must have {len(matrix)} rows")
@@ -88,11 +93,57 @@ def matrix_table(
     metrics: dict,
     unseen_tasks: Sequence[str] | None = None,
     unseen_matrix: Matrix | None = None,
+    stages: Sequence[str] | None = None,
+    summary: tuple[Matrix, Matrix | None] | None = None,
 ) -> str:
-    """Fixed-width console table of the matrix (unseen columns marked '*'), then the metrics."""
-    names, rows = _columns(tasks, matrix, unseen_tasks, unseen_matrix)
+    """Fixed-width console table of the matrix (unseen columns marked '*'), then, when
+    ``summary`` gives the per-stage matrices (tasks with several eval sets), the per-stage
+    table, then the metrics."""
+    out = _grid(tasks, matrix, unseen_tasks, unseen_matrix, stages)
+    if summary is not None:
+        out += ["", "per stage (mean of each task's eval sets):"]
+        out += _grid(stages, summary[0], _unseen_tasks(unseen_tasks, summary[1]), summary[1])
+    out.append("")
+    shown = metric_rows(metrics)
+    metric_w = max(len(label) for label, _ in shown)
+    for label, key in shown:
+        value = _value(metrics.get(key))
+        text = "n/a" if value is None else f"{value:.2f}"
+        out.append(f"{label.ljust(metric_w)}  {text:>7}")
+    return "\n".join(out)
+
+
+def _unseen_tasks(unseen_columns, unseen_stage) -> list[str]:
+    """The unseen tasks of the per-stage table: column names' task parts, in order."""
+    names = [str(c).split("/")[0] for c in unseen_columns or []]
+    return list(dict.fromkeys(names)) if unseen_stage else []
+
+
+def results_table(results: dict) -> str:
+    """:func:`matrix_table` of a results.json: per-set columns (``columns``; a run without
+    them has one per task) and, when some task has several sets, the per-stage table."""
+    tasks, unseen = results["tasks"], results.get("unseen_tasks") or []
+    names = [c["name"] for c in results.get("columns") or []] or list(tasks)
+    unseen_names = [c["name"] for c in results.get("unseen_columns") or []] or list(unseen)
+    summary = None
+    if (names, unseen_names) != (list(tasks), list(unseen)) and results.get("stage_matrix"):
+        summary = (results["stage_matrix"], results.get("unseen_stage_matrix"))
+    return matrix_table(
+        names,
+        results["matrix"],
+        results["metrics"],
+        unseen_names,
+        results.get("unseen_matrix"),
+        stages=tasks,
+        summary=summary,
+    )
+
+
+def _grid(tasks, matrix, unseen_tasks, unseen_matrix, stages=None) -> list[str]:
+    """The matrix's lines: a header of column names, a rule, one line per row."""
+    names, rows = _columns(tasks, matrix, unseen_tasks, unseen_matrix, stages)
     headers = list(tasks) + [f"*{u}" for u in names[len(tasks) :]]
-    labels = row_labels(tasks)
+    labels = row_labels(tasks if stages is None else stages)
     label_w = max(len(s) for s in labels + ["after task"])
     widths = [max(len(h), 6) for h in headers]
 
@@ -105,14 +156,7 @@ def matrix_table(
         out.append(line(label, [MISSING if v is None else f"{v:.1f}" for v in row]))
     if unseen_tasks:
         out.append("* = unseen task (never trained on)")
-    out.append("")
-    shown = metric_rows(metrics)
-    metric_w = max(len(label) for label, _ in shown)
-    for label, key in shown:
-        value = _value(metrics.get(key))
-        text = "n/a" if value is None else f"{value:.2f}"
-        out.append(f"{label.ljust(metric_w)}  {text:>7}")
-    return "\n".join(out)
+    return out
 
 
 def write_matrix_csv(
@@ -121,15 +165,16 @@ def write_matrix_csv(
     matrix: Matrix,
     unseen_tasks: Sequence[str] | None = None,
     unseen_matrix: Matrix | None = None,
+    stages: Sequence[str] | None = None,
 ) -> None:
-    """CSV with header `after_task,<tasks>,unseen:<name>...`; `after_task` is 'zero-shot' for
+    """CSV with header `after_task,<columns>,unseen:<name>...`; `after_task` is 'zero-shot' for
     row 0, else the task just trained. Missing cells are empty; values keep full precision."""
-    names, rows = _columns(tasks, matrix, unseen_tasks, unseen_matrix)
+    names, rows = _columns(tasks, matrix, unseen_tasks, unseen_matrix, stages)
     header = ["after_task"] + list(tasks) + [f"unseen:{u}" for u in names[len(tasks) :]]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
-    for after, row in zip(["zero-shot"] + list(tasks), rows):
+    for after, row in zip(["zero-shot"] + list(tasks if stages is None else stages), rows):
         writer.writerow([after] + ["" if v is None else repr(v) for v in row])
     atomic_write_text(path, buf.getvalue())
 
@@ -170,6 +215,7 @@ def draw_matrix(
     unseen_matrix: Matrix | None = None,
     fontsize: float | None = None,
     top: float | None = None,
+    stages: Sequence[str] | None = None,
 ) -> MatrixImages:
     """Draw the annotated heat map on a matplotlib Axes: scores 0-100 on one colour scale;
     columns with a score above 100 (CIDEr x100) on a second scale up to ``top`` (default: their
@@ -179,7 +225,7 @@ def draw_matrix(
     import numpy as np
     from matplotlib.patches import Rectangle
 
-    names, rows = _columns(tasks, matrix, unseen_tasks, unseen_matrix)
+    names, rows = _columns(tasks, matrix, unseen_tasks, unseen_matrix, stages)
     data = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
     n_rows, n_cols = data.shape
     headers = list(tasks) + [f"*{u}" for u in names[len(tasks) :]]
@@ -214,7 +260,7 @@ def draw_matrix(
     if len(names) > len(tasks):
         ax.axvline(len(tasks) - 0.5, color="black", linewidth=3)
     ax.set_xticks(range(n_cols), headers, rotation=30, ha="right")
-    ax.set_yticks(range(n_rows), row_labels(tasks))
+    ax.set_yticks(range(n_rows), row_labels(tasks if stages is None else stages))
     ax.set_xlabel("evaluated on (* = unseen)" if len(names) > len(tasks) else "evaluated on")
     return images
 
@@ -257,6 +303,7 @@ def matrix_figure(
     unseen_matrix: Matrix | None = None,
     title: str = "",
     data_source: str | None = None,
+    stages: Sequence[str] | None = None,
 ):
     """The heat map as a matplotlib Figure (Agg canvas: no display, no pyplot state); a
     synthetic data source is said in the title."""
@@ -265,10 +312,12 @@ def matrix_figure(
 
     n_cols = len(tasks) + len(unseen_tasks or [])
     top = wide_max([matrix, unseen_matrix or []])
-    fig = Figure(figsize=(3.2 + 0.9 * n_cols + (1.0 if top else 0), 1.4 + 0.5 * (len(tasks) + 1)))
+    n_rows = len(matrix)
+    fig = Figure(figsize=(3.2 + 0.9 * n_cols + (1.0 if top else 0), 1.4 + 0.5 * n_rows))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    add_colorbars(fig, draw_matrix(ax, tasks, matrix, unseen_tasks, unseen_matrix), ax)
+    drawn = draw_matrix(ax, tasks, matrix, unseen_tasks, unseen_matrix, stages=stages)
+    add_colorbars(fig, drawn, ax)
     if data_source == "synthetic":
         title = f"{title}\n{SYNTHETIC_NOTE}" if title else SYNTHETIC_NOTE
     if title:
@@ -285,13 +334,15 @@ def plot_matrix(
     unseen_matrix: Matrix | None = None,
     title: str = "",
     data_source: str | None = None,
+    stages: Sequence[str] | None = None,
 ) -> None:
     """Annotated heat map saved as PNG (see :func:`draw_matrix` for the colour scales). The
     title says when the data is synthetic: ``data_source``, else what the run's results.json
     next to ``path`` records."""
     path = Path(path)
     source = data_source or _run_data_source(path)
-    fig = matrix_figure(tasks, matrix, unseen_tasks, unseen_matrix, title, source)
+    rows = {} if stages is None else {"stages": stages}
+    fig = matrix_figure(tasks, matrix, unseen_tasks, unseen_matrix, title, source, **rows)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(path, buf.getvalue())

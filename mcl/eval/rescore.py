@@ -3,9 +3,10 @@
     python -m mcl.eval.rescore RUN_DIR... --scorer-mode PRESET
     python -m mcl.report RUN_DIR... --scoring PRESET
 
-Every run keeps its answers (predictions/rowN/TASK.jsonl), so any scorer mode, per-task map or
-benchmark preset (e.g. one of cvit's `scorer_presets`: best-reference CIDEr, exact-match VQAv2,
-...) can be applied afterwards. The matrix, unseen matrix, held-out IF and the benchmark's extra
+Every run keeps its answers (predictions/rowN/TASK.jsonl; TASK/SET.jsonl per eval set where a
+task has several), so any scorer mode, per-task map or benchmark preset (e.g. one of cvit's
+`scorer_presets`: best-reference CIDEr, exact-match VQAv2, ...) can be applied afterwards. The
+matrix, unseen matrix, held-out IF and the benchmark's extra
 scores (`bench.extra_scores`, e.g. MIF) are recomputed through the same `score_records` and
 run state (`RunState.record`) the runner uses; everything else is copied. The result goes to
 `results.NAME.json` next to the run's `results.json`, which is never touched.
@@ -22,7 +23,7 @@ from omegaconf import OmegaConf
 
 from mcl.config import CONF_DIR
 from mcl.eval.metrics import extra_keys, extra_names
-from mcl.eval.scorers import score_records, task_modes
+from mcl.eval.scorers import column_modes, score_records
 from mcl.eval.state import RunState
 from mcl.utils.io import atomic_write_json
 
@@ -65,18 +66,22 @@ def rescore_run(run_dir: str | Path, scorer_mode: str | dict) -> dict:
     if not src.exists():
         raise RescoreError(f"{run_dir} has no results.json; pass a run directory")
     run = json.loads(src.read_text(encoding="utf-8"))
-    tasks, unseen = run["tasks"], run.get("unseen_tasks") or []
-    scorers = {t: run["scorers"][t]["scorer"] for t in tasks + unseen}
+    tasks = run["tasks"]
+    state = RunState.from_results(run)  # its columns: one per eval set (per task if unsaid)
+    names = state.column_names + state.unseen_column_names
+    scorers = {n: run["scorers"][n]["scorer"] for n in names}
+    owners = {c["name"]: c["task"] for c in state.columns + state.unseen_columns}
     try:
-        modes = task_modes(scorer_mode, scorers, _presets(run))
+        modes = column_modes(
+            scorer_mode, {n: (owners[n], scorers[n]) for n in names}, _presets(run)
+        )
     except ValueError as e:
         raise RescoreError(f"--scorer-mode: {e}") from None
     extras = _extras(run)
-    state = RunState.from_results(run)
     state.clear_scores()  # refilled from the saved answers; the rest is the run's
     n_files = 0
     for row in range(len(tasks) + 1):
-        for name in tasks + unseen:
+        for name in names:
             path = run_dir / "predictions" / f"row{row}" / f"{name}.jsonl"
             if not path.exists():
                 continue
@@ -94,7 +99,7 @@ def rescore_run(run_dir: str | Path, scorer_mode: str | dict) -> dict:
         | state.results()
         | {
             "scorer_mode": name,
-            "scorers": {t: {"scorer": scorers[t], "mode": modes[t]} for t in tasks + unseen},
+            "scorers": {n: {"scorer": scorers[n], "mode": modes[n]} for n in names},
             "rescored_from": "results.json",
         }
     )

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from mcl.eval.metrics import bwt_per_task
 from mcl.eval.report import data_faults
 from mcl.report.collect import config_diff, group_key, split_values, warn
-from mcl.report.schema import METRICS, metric_keys
+from mcl.report.schema import METRICS, column_names, metric_keys, unseen_column_names
 
 # every scalar metric all runs have, plus the two run facts the table shows (a group's extra
 # scores come on top: `stat_names`)
@@ -47,9 +47,24 @@ def _last_trainable(run: dict) -> float | None:
     return _num(params[-1].get("trainable")) if params and isinstance(params[-1], dict) else None
 
 
+def _stage(run: dict) -> list:
+    """The run's per-stage matrix (its matrix where each task has one eval set)."""
+    return run.get("stage_matrix") or run["matrix"]
+
+
+def _per_set(runs: list[dict], names: Sequence[str]) -> dict[str, dict]:
+    """Per eval-set column, its ``last`` and ``bwt`` over seeds (runs with several sets)."""
+    out = {}
+    for name in names:
+        cells = [((r["metrics"].get("per_set") or {}).get(name) or {}) for r in runs]
+        out[name] = {k: summarize(c.get(k) for c in cells) for k in ("last", "bwt")}
+    return out
+
+
 def _group(runs: list[dict], split: Sequence[str] = ()) -> dict:
     first = runs[0]
     unseen = list(first.get("unseen_tasks") or [])
+    sets = column_names(first) != list(first["tasks"])  # some task has several eval sets
     keys = list(dict.fromkeys(k for r in runs for k in metric_keys(r)))
     stats = {key: summarize(r["metrics"].get(key) for r in runs) for key in keys}
     stats["trainable"] = summarize(map(_last_trainable, runs))
@@ -80,9 +95,14 @@ def _group(runs: list[dict], split: Sequence[str] = ()) -> dict:
         "seeds": [r["seed"] for r in runs],
         "runs": [r["dir"] for r in runs],
         "metrics": stats,
+        # one matrix column per eval set (per task unless a task has several)
+        "columns": column_names(first),
+        "unseen_columns": unseen_column_names(first),
         "matrix": mean_matrix([r["matrix"] for r in runs]),
+        "stage_matrix": mean_matrix([_stage(r) for r in runs]),
+        "per_set": _per_set(runs, column_names(first)) if sets else {},
         # per earlier task, A[T][j] - A[j][j] over seeds (BWT is the mean of these)
-        "bwt_tasks": [summarize(col) for col in zip(*(bwt_per_task(r["matrix"]) for r in runs))],
+        "bwt_tasks": [summarize(col) for col in zip(*(bwt_per_task(_stage(r)) for r in runs))],
         "unseen_matrix": mean_matrix([r["unseen_matrix"] for r in runs]) if unseen else [],
         "config_diff": diff,
         # per run with unreadable data: (seed, one line per task) from results.json's skipped
@@ -132,6 +152,7 @@ def variant_key(group: dict) -> tuple:
         group["data_source"],
         tuple(group["tasks"]),
         tuple(group["unseen_tasks"]),
+        tuple(group.get("columns") or group["tasks"]),
     )
 
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from mcl.report.schema import column_names, unseen_column_names
 from mcl.report.schema import problem as problem_of
 
 # config parts that say where or how a run was launched, not what was run
@@ -92,6 +93,8 @@ def group_key(run: dict, split: Sequence[str] = ()) -> tuple:
         tuple(run.get("unseen_tasks") or ()),
         run["method"],
         split_values(run, split),
+        tuple(column_names(run)),  # a task's eval sets: runs on other sets are kept apart
+        tuple(unseen_column_names(run)),
     )
 
 

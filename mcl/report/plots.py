@@ -38,7 +38,7 @@ def plot_matrices(path: str | os.PathLike, groups: Sequence[dict]) -> None:
 
     n_cols = min(len(groups), 3)
     n_rows = math.ceil(len(groups) / n_cols)
-    width = max(len(g["tasks"]) + len(g["unseen_tasks"]) for g in groups)
+    width = max(len(g["columns"]) + len(g["unseen_columns"]) for g in groups)
     height = max(len(g["tasks"]) + 1 for g in groups)
     size = (n_cols * (2.6 + 0.75 * width) + 1.0, n_rows * (1.6 + 0.45 * height))
     fig = Figure(figsize=size, layout="constrained")
@@ -50,7 +50,14 @@ def plot_matrices(path: str | os.PathLike, groups: Sequence[dict]) -> None:
     for ax, g in zip(axes, groups):
         drawn.append(
             draw_matrix(
-                ax, g["tasks"], g["matrix"], g["unseen_tasks"], g["unseen_matrix"], 8, top=top
+                ax,
+                g["columns"],
+                g["matrix"],
+                g["unseen_columns"],
+                g["unseen_matrix"],
+                8,
+                top=top,
+                stages=g["tasks"],
             )
         )
         ax.set_title(_title(g, with_bench))

@@ -170,6 +170,29 @@ def _bwt_section(groups: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _sets_section(groups: Sequence[dict]) -> list[str]:
+    """Where a task has several eval sets: each set's Last and BWT (mean ± std over seeds);
+    the table above is on the per-stage summary (per task, the mean of its sets)."""
+    names = groups[0].get("columns") or []
+    if not any(g.get("per_set") for g in groups):
+        return []
+    lines = [
+        "",
+        "Per eval set (the metrics above are on the per-stage summary: per task, the mean of "
+        "its sets' scores); Last / BWT of each set:",
+        "",
+    ]
+    lines += [_row(["method", *names]), _row(["---"] + ["--:"] * len(names))]
+    for g in groups:
+        cells = []
+        for name in names:
+            stat = (g.get("per_set") or {}).get(name) or {}
+            last, bwt = (format_stat(stat.get(k, NO_STAT), g["n_seeds"]) for k in ("last", "bwt"))
+            cells.append(f"{last} / {bwt}")
+        lines.append(_row([g["label"], *cells]))
+    return lines
+
+
 def _section(groups: Sequence[dict], split: bool, bold: bool) -> str:
     """One table: groups of one bench on the same data and tasks; `split` if the bench has
     other such tables."""
@@ -197,6 +220,7 @@ def _section(groups: Sequence[dict], split: bool, bold: bool) -> str:
     if best:
         lines.append("Bold: best continual method per column (reference methods are bounds).")
     lines += _bwt_section(groups)
+    lines += _sets_section(groups)
     faulty = [(g, seed, faults) for g in groups for seed, faults in g.get("faults", [])]
     if faulty:
         lines += ["", "Data faults (unreadable samples each run skipped and counted):", ""]

@@ -24,6 +24,20 @@ OLDER_SCHEMA = (
 )
 
 
+def column_names(run: dict) -> list[str]:
+    """The matrix's column names: one per eval set (``columns``); a run that does not record
+    them has one per task."""
+    return [c["name"] for c in run.get("columns") or []] or list(run["tasks"])
+
+
+def unseen_column_names(run: dict) -> list[str]:
+    """The unseen matrix's column names (one per unseen task where ``unseen_columns`` is
+    absent)."""
+    return [c["name"] for c in run.get("unseen_columns") or []] or list(
+        run.get("unseen_tasks") or []
+    )
+
+
 def _shape_ok(matrix, n_rows: int, n_cols: int) -> bool:
     return (
         isinstance(matrix, list)
@@ -42,13 +56,18 @@ def problem(run) -> str | None:
         value = run.get(key)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             return f"'{key}' is missing or not a {kind.__name__}"
-    n_tasks, n_unseen = len(run["tasks"]), len(run.get("unseen_tasks") or [])
+    n_tasks = len(run["tasks"])
     if not n_tasks:
         return "'tasks' is empty"
-    if not _shape_ok(run["matrix"], n_tasks + 1, n_tasks):
-        return f"'matrix' is not {n_tasks + 1} x {n_tasks}"
+    n_cols, n_unseen = len(column_names(run)), len(unseen_column_names(run))
+    if not _shape_ok(run["matrix"], n_tasks + 1, n_cols):
+        return f"'matrix' is not {n_tasks + 1} x {n_cols}"
     if n_unseen and not _shape_ok(run.get("unseen_matrix"), n_tasks + 1, n_unseen):
         return f"'unseen_matrix' is not {n_tasks + 1} x {n_unseen}"
+    if run.get("stage_matrix") is not None and not _shape_ok(
+        run["stage_matrix"], n_tasks + 1, n_tasks
+    ):
+        return f"'stage_matrix' is not {n_tasks + 1} x {n_tasks}"
     return None
 
 

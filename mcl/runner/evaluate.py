@@ -1,5 +1,6 @@
-"""One evaluation row: every task of the row answered, its answers saved under
-``predictions/rowN/``, scored through ``score_records`` and recorded in the run's state.
+"""One evaluation row: every eval set of the row's tasks answered (a task has one, named after
+it, unless its benchmark declares several: ``<task>/<set>``), its answers saved under
+``predictions/rowN/``, scored by the set's own scorer and recorded in the run's state.
 
 With several processes each rank answers every world-th batch and rank 0 gathers the answers
 back in test-set order (:func:`merge_ranks`), so the scores equal a single process's.
@@ -35,15 +36,17 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def evaluate_task(runner: ContinualRunner, name: str, row: int) -> dict:
-    """Task ``name``'s answers at row ``row``, saved, scored and recorded in ``runner.state``;
-    returns the scores (``score``, ``held``, ``extras``)."""
+    """Eval set ``name``'s answers (a task's, or ``<task>/<set>``) at row ``row``, saved,
+    scored and recorded in ``runner.state``; returns the scores (``score``, ``held``,
+    ``extras``)."""
     method, dm, bench = runner.method, runner.dm, runner.bench
     spec = bench.task(name)
+    task = spec.get("task", name)  # the task the set belongs to
     records, n_format = [], 0
     method.eval()
-    index = bench.task_names.index(name) if name in bench.task_names else None
+    index = bench.task_names.index(task) if task in bench.task_names else None
     if method.task_id_at_test:  # an oracle the method's paper uses; recorded
-        method.set_eval_task(name, index)
+        method.set_eval_task(task, index)
     for samples, batch in dm.test_batches(name, dist.rank(), dist.world()):
         if dist.world() == 1 and preempt.requested():  # ranks agree once per task instead
             raise EvalStopped
@@ -71,12 +74,14 @@ def evaluate_task(runner: ContinualRunner, name: str, row: int) -> dict:
 
 
 def evaluate_row(runner: ContinualRunner, row: int, columns: list[int]) -> None:
-    """Row ``row``: the trained tasks ``columns`` and every unseen task."""
+    """Row ``row``: the eval sets of the trained tasks ``columns`` and of every unseen task."""
     t0 = time.time()
     runner.place()
     runner.ran_on("eval")
     bench = runner.bench
-    names = [bench.tasks[j]["name"] for j in columns] + bench.unseen_names
+    tasks = [bench.tasks[j]["name"] for j in columns]
+    names = [c["name"] for c in bench.columns if c["task"] in tasks]
+    names += [c["name"] for c in bench.unseen_columns]
     bar = tqdm(names, desc=f"evaluating row {row}", disable=not runner.progress, leave=False)
     for name in bar:
         if preempt.agreed():

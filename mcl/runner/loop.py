@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from mcl.eval.scorers import task_modes
+from mcl.eval.scorers import column_modes
 from mcl.eval.state import RunState, declared_extras
 from mcl.runner import checkpoint, evaluate, results
 from mcl.runner.callbacks import BadShareAtFitEnd, WhereTrained
@@ -51,9 +51,12 @@ class ContinualRunner:
         method.bind_data(datamodule)
         self.bench = datamodule.bench
         # {task: mode}; a bad mode fails here, before any training
-        self.modes = task_modes(
+        self.modes = column_modes(
             scorer_mode,
-            {t["name"]: t["scorer"] for t in self.bench.tasks + self.bench.unseen},
+            {
+                c["name"]: (c["task"], self.bench.task(c["name"])["scorer"])
+                for c in self.bench.columns + self.bench.unseen_columns
+            },
             scorer_presets,
         )
         self.mode_name = scorer_mode if isinstance(scorer_mode, str) else "per-task"
@@ -75,7 +78,12 @@ class ContinualRunner:
         )
         # mid-task checkpoints every this many optimizer steps (None: task boundaries only)
         self.checkpoint_every = checkpoint_every
-        self.state = RunState.fresh(self.bench.task_names, self.bench.unseen_names)
+        self.state = RunState.fresh(
+            self.bench.task_names,
+            self.bench.unseen_names,
+            self.bench.columns,
+            self.bench.unseen_columns,
+        )
         self._device: torch.device | None = None
         self._pending_row: int | None = None  # a task trained but not evaluated (preempted)
 

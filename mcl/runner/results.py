@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from mcl.eval.report import matrix_table, plot_matrix, write_matrix_csv
+from mcl.eval.report import plot_matrix, results_table, write_matrix_csv
 from mcl.utils import dist
 from mcl.utils.io import atomic_write_json
 
@@ -55,8 +55,9 @@ def build_results(runner: ContinualRunner, partial: bool) -> dict:
         "unseen_tasks": bench.unseen_names,
         "chance": {t["name"]: t.get("chance") for t in specs},
         "scorer_mode": runner.mode_name,
-        "scorers": {
-            t["name"]: {"scorer": t["scorer"], "mode": runner.modes[t["name"]]} for t in specs
+        "scorers": {  # per matrix column (a task, or one of its eval sets)
+            c["name"]: {"scorer": bench.task(c["name"])["scorer"], "mode": runner.modes[c["name"]]}
+            for c in bench.columns + bench.unseen_columns
         },
         **runner.state.results(),
         # training processes (DDP ranks; ddp_cpu's forked ranks train, the main evaluates)
@@ -72,12 +73,12 @@ def write_results(runner: ContinualRunner, partial: bool) -> dict:
         return results
     state, bench, out = runner.state, runner.bench, runner.out
     atomic_write_json(out / "results.json", results)
-    tables = (bench.task_names, state.matrix, bench.unseen_names, state.unseen_matrix)
-    write_matrix_csv(out / "matrix.csv", *tables)
+    tables = (state.column_names, state.matrix, state.unseen_column_names, state.unseen_matrix)
+    write_matrix_csv(out / "matrix.csv", *tables, stages=state.tasks)
     if partial:
         return results
     title = f"{runner.method.method_name} on {bench.name} (seed {runner.seed})"
-    plot_matrix(out / "matrix.png", *tables, title=title)
+    plot_matrix(out / "matrix.png", *tables, title=title, stages=state.tasks)
     final = {
         f"final/{k}": v
         for k, v in results["metrics"].items()
@@ -97,8 +98,8 @@ def _wandb_extras(runner: ContinualRunner, exp, final: dict) -> None:
     (what a comparison dashboard's panels read)."""
     import wandb
 
-    bench, state = runner.bench, runner.state
-    names = bench.task_names + bench.unseen_names
+    state = runner.state
+    names = state.column_names + state.unseen_column_names
     rows = [[str(i), *r, *u] for i, (r, u) in enumerate(zip(state.matrix, state.unseen_matrix))]
     exp.log(
         {
@@ -113,10 +114,4 @@ def summary(results: dict) -> str:
     """The console's closing lines: what ran, on which data, and its matrix with metrics."""
     source = "SYNTHETIC twin" if results["data_source"] == "synthetic" else "real data"
     head = f"{results['method']} on {results['bench']} ({source}), seed {results['seed']}\n"
-    return head + matrix_table(
-        results["tasks"],
-        results["matrix"],
-        results["metrics"],
-        results["unseen_tasks"],
-        results["unseen_matrix"],
-    )
+    return head + results_table(results)

@@ -28,12 +28,17 @@ from mcl.utils.io import atomic_write_json
 SYNTH_VERSION = 1  # bump when recipes change: cached benchmarks are regenerated
 
 
-def _records(recipe: Recipe, task: str, split: str, n: int, seed: int, n_templates=None):
+def _records(
+    recipe: Recipe, task: str, split: str, n: int, seed: int, n_templates=None, eval_set=None
+):
+    """A split's samples; an eval set's are test samples from a stream of their own (the
+    task's test generator, seeded with the set's name too)."""
+    stream = f"{task}/{eval_set}" if eval_set else task
     for i in range(n):
-        rng = W.sample_rng(seed, task, split, i)
+        rng = W.sample_rng(seed, stream, split, i)
         s = recipe.sample(rng, heldout=(split == "test" and i % 3 == 2), n_templates=n_templates)
         yield make_record(
-            f"{task}-{split}-{i:06d}",
+            f"{task}-{eval_set}-{i:06d}" if eval_set else f"{task}-{split}-{i:06d}",
             task,
             s.question,
             s.answer,
@@ -92,11 +97,15 @@ def generate(
     progress: bool = True,
     twin: str = "synth",
     instructions: int | None = None,
+    eval_sets: dict[str, list[dict]] | None = None,
 ) -> Path:
     """Generate (or reuse, if an identical one exists) a synthetic benchmark at ``out``.
 
     ``twin`` picks the recipe family (``mcl.data.synthetic.twins``); ``instructions`` limits each
     task's training templates to the first n (CVIT's single-type = 1, multi-type = 5; None = all).
+    ``eval_sets`` (``{task: [{name, scorer, answer_type, max_new_tokens}]}``) gives those tasks
+    one test set per declared set (``eval-<set>-*.tar``, ``test`` samples each) in bench.json's
+    ``eval_sets``, scored by the set's scorer (the task's where it names none).
     """
     recipes = twins.recipes(twin)
     unknown = [t for t in tasks + unseen if t not in recipes]
@@ -115,6 +124,7 @@ def generate(
         shard_size=shard_size,
         **({"twin": twin} if twin != "synth" else {}),
         **({"instructions": instructions} if instructions else {}),
+        **({"eval_sets": eval_sets} if eval_sets else {}),
     )
     if existing_hash(out) == key:
         return out
@@ -123,30 +133,43 @@ def generate(
     final, out = out, private_tmp(out)
     try:
         return _write(out, final, key, name, tasks, unseen, seed, train, test, shard_size,
-                      progress, twin, instructions, recipes)  # fmt: skip
+                      progress, twin, instructions, recipes, eval_sets or {})  # fmt: skip
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
 
 
 def _write(out, final, key, name, tasks, unseen, seed, train, test, shard_size, progress, twin,
-           instructions, recipes) -> Path:  # fmt: skip
-    jobs = [(t, "train", train) for t in tasks] + [
-        (t, s, test) for t in tasks + unseen for s in ["test"]
+           instructions, recipes, eval_sets) -> Path:  # fmt: skip
+    jobs = [(t, "train", train, None) for t in tasks] + [
+        (t, s, test, None) for t in tasks + unseen for s in ["test"]
     ]
+    jobs += [(t, "test", test, d) for t in tasks + unseen for d in eval_sets.get(t, [])]
     entries = {t: _task_entry(t, recipes[t]) for t in tasks + unseen}
     bar = tqdm(
-        total=sum(n for *_, n in jobs),
+        total=sum(job[2] for job in jobs),
         desc=f"writing {name} shards",
         disable=not progress,
         unit="sample",
         mininterval=1,
     )
-    for task, split, n in jobs:
-        pattern = str(out / task / f"{split}-%06d.tar")
-        records = _records(recipes[task], task, split, n, seed, instructions)
+    for task, split, n, declared in jobs:
+        stem = f"eval-{declared['name']}" if declared else split
+        pattern = str(out / task / f"{stem}-%06d.tar")
+        records = _records(
+            recipes[task], task, split, n, seed, instructions, declared and declared["name"]
+        )
         names = write_shards(pattern, _counted(records, bar), shard_size)
-        entries[task][split] = {"shards": [f"{task}/{f}" for f in names], "samples": n}
+        entry = {"shards": [f"{task}/{f}" for f in names], "samples": n}
+        if declared:
+            scoring = {k: v for k, v in declared.items() if k != "name"}
+            entries[task].setdefault("eval_sets", {})[declared["name"]] = {
+                **{k: entries[task][k] for k in ("scorer", "answer_type", "max_new_tokens")},
+                **scoring,
+                **entry,
+            }
+        else:
+            entries[task][split] = entry
     bar.close()
     spec = {
         "name": name,

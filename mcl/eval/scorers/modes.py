@@ -106,3 +106,34 @@ def task_modes(
             )
         out[task] = mode
     return out
+
+
+def column_modes(
+    scorer_mode: str | Mapping[str, str],
+    columns: Mapping[str, tuple[str, str]],
+    presets: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, str]:
+    """:func:`task_modes` for matrix columns (``{column: (task, scorer)}``; an eval set's
+    column is ``<task>/<set>``): a {task: mode} map gives a task's mode to each of its sets
+    whose scorer it concerns, a {column: mode} entry to that set alone. With one set per task
+    (columns named after their tasks) it is :func:`task_modes` itself."""
+    presets = dict(presets or {})
+    if isinstance(scorer_mode, str) and scorer_mode in presets:
+        scorer_mode = presets[scorer_mode]
+    scorers = {name: scorer for name, (_, scorer) in columns.items()}
+    if isinstance(scorer_mode, str) or all(n == t for n, (t, _) in columns.items()):
+        return task_modes(scorer_mode, scorers, presets)
+    known = set(columns) | {t for t, _ in columns.values()}
+    unknown = sorted(set(scorer_mode) - known)
+    if unknown:
+        raise ValueError(
+            f"scorer_mode names tasks not in this benchmark: {', '.join(unknown)}; "
+            f"its tasks and eval sets are {', '.join(sorted(known))}"
+        )
+    per_column = {}
+    for name, (task, scorer) in columns.items():
+        if name in scorer_mode:
+            per_column[name] = scorer_mode[name]
+        elif task in scorer_mode and scorer_mode_applies(scorer, scorer_mode[task]):
+            per_column[name] = scorer_mode[task]
+    return task_modes(per_column, scorers)
