@@ -180,7 +180,7 @@ def build(cfg: DictConfig, out_dir: Path):
 
     from mcl.data.bench import prepare
     from mcl.data.datamodule import ContinualDataModule
-    from mcl.eval.scorers import task_modes
+    from mcl.eval.scorers import column_modes
     from mcl.runner import ContinualRunner
 
     quiet_libraries()
@@ -191,8 +191,13 @@ def build(cfg: DictConfig, out_dir: Path):
     scorer_mode = _container(cfg.bench.get("scorer_mode", "strict"))
     presets = _container(cfg.bench.get("scorer_presets")) or {}
     try:  # fail on a bad scorer mode before the model is built
-        task_modes(
-            scorer_mode, {t["name"]: t["scorer"] for t in bench.tasks + bench.unseen}, presets
+        column_modes(
+            scorer_mode,
+            {
+                c["name"]: (c["task"], bench.task(c["name"])["scorer"])
+                for c in bench.columns + bench.unseen_columns
+            },
+            presets,
         )
     except ValueError as e:
         raise ConfigError(f"bench.scorer_mode: {e}") from None

@@ -295,13 +295,12 @@ def test_end_to_end_from_the_released_files(method, tmp_path):
     results = json.loads(next(runs.rglob("results.json")).read_text())
     assert results["data_source"] == "real"
     matrix, n = results["matrix"], len(cfg["tasks"])
-    columns = results.get("columns")  # one per eval set where the runner reads eval_sets
-    if columns is None:
-        assert all(len(row) == n for row in matrix)
-    else:
-        names = {c["name"] for c in columns}
-        for task, entry in cfg["files"]["tasks"].items():
-            sets = entry.get("eval_sets") or {}
-            assert all(f"{task}/{s}" in names for s in sets) or (not sets and task in names)
-        assert all(len(row) == len(columns) for row in matrix)
+    columns = results["columns"]  # one per eval set
+    names = {c["name"] for c in columns}
+    for task, entry in cfg["files"]["tasks"].items():
+        sets = entry.get("eval_sets") or {}
+        assert all(f"{task}/{s}" in names for s in sets) or (not sets and task in names)
+    assert len(columns) > n  # some stage has several eval sets
+    assert all(len(row) == len(columns) for row in matrix)
+    assert all(len(row) == n for row in results["stage_matrix"])
     assert len(matrix) == n + 1 and None not in matrix[0] and None not in matrix[-1]
