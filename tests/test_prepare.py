@@ -47,7 +47,7 @@ def _image(path: Path, seed: int) -> None:
 
 def _split(files: dict, entry: dict, split: str) -> dict:
     spec = entry[split] if isinstance(entry[split], dict) else {"file": entry[split]}
-    keys = ("format", "images")
+    keys = ("format", "images", "answers", "kind")
     inherited = {k: files[k] for k in keys if k in files} | {
         k: entry[k] for k in keys if k in entry
     }
@@ -69,7 +69,7 @@ def write_release(bench: str, root: Path, n_train: int = 6, n_test: int = 4) -> 
                 continue
             spec = _split(files, entry, split)
             images, fmt = root / spec.get("images", "."), spec.get("format", "llava")
-            records = []
+            records, answers = [], []
             for i in range(first, first + (n_train if split == "train" else n_test)):
                 rel = f"{task}/images/{i}.png"
                 _image(images / rel, 100 * t + i)
@@ -95,9 +95,15 @@ def write_release(bench: str, root: Path, n_train: int = 6, n_test: int = 4) -> 
                 rec["question" if fmt == "internvl" else "text"] = question
                 if scorer == "iou" and fmt == "coin":
                     rec |= {"answer_bbox": answer, "size": [640, 480]}
+                elif "answers" in spec:  # TextVQA's official file: ten answers a question
+                    answers.append({"question_id": rec["question_id"], "question": question})
+                    answers[-1]["answers"] = [answer] * 4 + ["other"] * 6
                 else:
                     rec["answer"] = answer
                 records.append(rec)
+            if "answers" in spec:
+                (root / spec["answers"]).parent.mkdir(parents=True, exist_ok=True)
+                (root / spec["answers"]).write_text(json.dumps({"data": answers}))
             path = root / spec["file"]
             path.parent.mkdir(parents=True, exist_ok=True)
             if fmt == "coco_captions":  # images + annotations, five captions an image

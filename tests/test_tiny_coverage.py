@@ -45,7 +45,9 @@ def test_the_tiny_vocabulary_misses_much_of_real_text():
 
 def test_a_real_benchmark_gets_one_line_naming_the_share(tmp_path):
     out = tmp_path / "coin"
-    prepare("coin", write_coin(tmp_path / "CoIN", 2, 2), out, tasks=["gqa", "vizwiz"], progress=False)
+    prepare(
+        "coin", write_coin(tmp_path / "CoIN", 2, 2), out, tasks=["gqa", "vizwiz"], progress=False
+    )
     bench = Benchmark(out, ["gqa", "vizwiz"], [], "real")
     line = notice(_vocab(), bench, "tiny_it")
     assert "\n" not in line and line.startswith("[mcl] model=tiny_it knows ")
