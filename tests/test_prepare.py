@@ -299,3 +299,13 @@ def test_verify_counts_records_images_and_references(tmp_path):
     assert "gqa test 2 records, 0 usable, 0 text-only, refs min/mean/max 1/1.0/1" in lines
     assert f"missing_field 1 e.g. {test}: record gqa-q3 has no 'answer'" in lines
     assert f"missing_image 1 e.g. {root / 'cl_dataset'}: gqa/images/4.png" in lines
+
+
+def test_cvit_textvqa_is_scored_against_the_official_ten_answers(tmp_path):
+    # SMoLoRA's eval_textvqa.py reads dataset/TextVQA/TextVQA_0.5.1_val.json, not the question file
+    root, out = write_release("cvit", tmp_path / "release", 2, 2), tmp_path / "cvit"
+    prepare("cvit", root, out, tasks=["textvqa"], progress=False)
+    bench = Benchmark(out, ["textvqa"], [], "real")
+    vqa = list(read_shards(bench.shard_paths(bench.task("textvqa"), "test")))
+    assert [len(s["answers"]) for s in vqa] == [10, 10]
+    assert vqa[0]["answers"].count("thing2") == 4
