@@ -202,6 +202,10 @@ def build(cfg: DictConfig, out_dir: Path):
     except ValueError as e:
         raise ConfigError(f"bench.scorer_mode: {e}") from None
     mllm = _instantiate_model(cfg.model)
+    if bench.source == "real" and str(cfg.model.get("_target_")).startswith("mcl.models.tiny."):
+        from mcl.models.tiny_coverage import notice  # the tiny base reads its own words only
+
+        print(notice(mllm.tokenizer.get_vocab(), bench, cfg.model.name))
     attach_modalities(mllm, bench)
     method = _instantiate_method(cfg.method)
     if mllm.xmodal is not None and getattr(method, "image_only", False):

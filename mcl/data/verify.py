@@ -7,10 +7,13 @@ plans them): the records found, the records the reader could not use (by reason,
 one's one-line explanation), text-only records, the images that are missing or escape the image
 folder, and the references per question (min / mean / max: 10 for VQA answer files, 5 for
 caption references, 1 for exact-match tasks). A count the benchmark publishes, when its config
-gives it (``files.tasks.<task>.expect: {train: n, test: n}``), is printed next to the count
-found. Images are only looked up, never decoded, so this is quick on a full release.
+gives it (``files.tasks.<task>.expect: {train: n, test: n}``, each sourced in that config), is
+printed next to the count found, and a split whose count differs from it is flagged: a partial
+download or another release of the files scores a different benchmark. Images are only looked up,
+never decoded, so this is quick on a full release.
 
-Exit status: 0 every split usable, 1 some record or image is missing, 2 a usage error.
+Exit status: 0 every split usable and as published, 1 some record or image is missing or a count
+differs from the published one, 2 a usage error.
 """
 
 from __future__ import annotations
@@ -80,10 +83,17 @@ def verify(bench, root, tasks=None, images=None) -> list[dict]:
     return out
 
 
+def differs(row: dict) -> bool:
+    """Whether the split's record count differs from the count the benchmark publishes."""
+    return row["expect"] is not None and row["records"] != row["expect"]
+
+
 def format_report(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         expect = f" (published: {r['expect']})" if r["expect"] is not None else ""
+        if differs(r):
+            expect = f" (published: {r['expect']}; DIFFERS by {r['records'] - r['expect']:+d})"
         refs = "-" if r["references"] is None else "/".join(map(str, r["references"]))
         head = f"{r['task']:<20}{r['split']:<6}{r['records']:>8} records{expect}, "
         head += f"{r['usable']} usable, {r['text_only']} text-only, refs min/mean/max {refs}"
@@ -111,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(format_report(rows))
-    if any(r["problems"] for r in rows):
+    off = [f"{r['task']} {r['split']}" for r in rows if differs(r)]
+    if off:
+        print(f"{len(off)} split(s) differ from the published counts: {', '.join(off)}")
+    if off or any(r["problems"] for r in rows):
         raise SystemExit(1)
     return 0
 
