@@ -17,8 +17,10 @@ AUTO_SECTIONS = {"Benchmarks": "benchmarks", "Results": "results"}
 
 # Docstrings write matrix cells as A[i][j]; Markdown reads "[i][j]" as a reference link and
 # autorefs warns that no object is called "j". Only such index names are let through; every other
-# unresolved cross-reference still fails the strict build.
+# unresolved cross-reference still fails the strict build. An unresolved A[m][m] comes back as
+# "A[m][]", which on_post_page writes back as it was.
 _INDEX_REF = re.compile(r"Could not find cross-reference target '[A-Za-z](\s*[-+]\s*\d+)?'$")
+_EMPTIED_INDEX = re.compile(r"\[([A-Za-z])\]\[\]")
 
 
 class _IndexRefFilter(logging.Filter):
@@ -55,3 +57,9 @@ def on_config(config):
                 if rel not in listed and page.name != "index.md":
                     entries.append({_title(page): rel})
     return config
+
+
+def on_post_page(output: str, page, config) -> str:
+    if page.file.src_uri.startswith("api/"):
+        return _EMPTIED_INDEX.sub(r"[\1][\1]", output)
+    return output
