@@ -21,6 +21,9 @@ AUTO_SECTIONS = {"Benchmarks": "benchmarks", "Results": "results"}
 # "A[m][]", which on_post_page writes back as it was.
 _INDEX_REF = re.compile(r"Could not find cross-reference target '[A-Za-z](\s*[-+]\s*\d+)?'$")
 _EMPTIED_INDEX = re.compile(r"\[([A-Za-z])\]\[\]")
+# Docstrings cross-reference in Sphinx's roles (:class:`x`), which Markdown leaves as text
+# before the code span; the role name is dropped, the code span stays.
+_SPHINX_ROLE = re.compile(r":(?:class|mod|func|meth|data|attr|obj|exc):(?=<code)")
 
 
 class _IndexRefFilter(logging.Filter):
@@ -61,5 +64,5 @@ def on_config(config):
 
 def on_post_page(output: str, page, config) -> str:
     if page.file.src_uri.startswith("api/"):
-        return _EMPTIED_INDEX.sub(r"[\1][\1]", output)
+        return _SPHINX_ROLE.sub("", _EMPTIED_INDEX.sub(r"[\1][\1]", output))
     return output
