@@ -12,6 +12,7 @@ cites points at a file that is not in it.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -76,7 +77,7 @@ def test_site_builds_strict(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"},
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert proc.returncode == 0, (
         f"mkdocs build --strict failed (pip install -e '.[dev]' installs mkdocs):\n"
