@@ -1,5 +1,5 @@
 """D-MoLE's mechanisms: the allocator's budget and floor, zero-cost scores from the pretrained
-weights, autoencoder routing, frozen experts, and the run end to end (shared/specs/dmole.md)."""
+weights, autoencoder routing, frozen experts, and the run end to end (docs/methods/dmole.md)."""
 
 from __future__ import annotations
 

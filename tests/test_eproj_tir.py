@@ -1,4 +1,4 @@
-"""EProj and TIR's task similarity (shared/specs/eproj_tir.md, "What tests must show");
+"""EProj and TIR's task similarity (docs/methods/eproj.md);
 TIR's importance keeping is tested with the plugins (tests/test_plugins.py)."""
 
 from __future__ import annotations

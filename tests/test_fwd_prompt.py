@@ -1,5 +1,5 @@
 """Fwd-Prompt (reconstructed): soft-prompt slots after the image tokens, per-sample selection
-from the pool, the embedding hook, and projected prompt gradients (shared/specs/fwd_prompt.md)."""
+from the pool, the embedding hook, and projected prompt gradients (docs/methods/fwd_prompt.md)."""
 
 from __future__ import annotations
 

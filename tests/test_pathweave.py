@@ -1,4 +1,4 @@
-"""PathWeave (shared/specs/pathweave.md) and the x-modal inputs it needs, on the micro model.
+"""PathWeave (docs/methods/pathweave.md) and the x-modal inputs it needs, on the micro model.
 
 The spec's tests: a fresh A^m changes nothing; the gate is dense, uniform at init and noisy in
 training only; training modality m leaves every earlier modality's outputs bit-identical;

@@ -1,4 +1,4 @@
-"""SMoLoRA's mechanisms (shared/specs/smolora.md): top-1 per group, inert routers, zero start."""
+"""SMoLoRA's mechanisms (docs/methods/smolora.md): top-1 per group, inert routers, zero start."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""D-MoLE's pieces that peft lacks (shared/specs/dmole.md): a linear layer holding one LoRA
+"""D-MoLE's pieces that peft lacks (docs/methods/dmole.md): a linear layer holding one LoRA
 expert per task that chose it, and the per-task autoencoder its router votes with.
 
 :class:`DMoLELinear` wraps a pretrained ``nn.Linear`` as ``base``. Experts are keyed by task id

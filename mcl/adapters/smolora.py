@@ -1,5 +1,5 @@
 """SMoLoRA's separable mixture of LoRA experts on one frozen ``nn.Linear`` (Wang et al. 2024;
-shared/specs/smolora.md §2.2, from the official code).
+docs/methods/smolora.md, from the official code).
 
 A rank-``r`` LoRA split into ``experts`` blocks; the first ``n_vu`` are the visual-understanding
 (VU) group, the rest the instruction-following (IF) group. Per sample, hard top-1:

@@ -1,5 +1,5 @@
 """Caption scorers: CIDEr-D (ours, pure Python), BLEU-4 and ROUGE-L (torchmetrics), and MCITlib's
-seven-metric caption average (see shared/specs/metrics.md, "Captioning", and anchors.md).
+seven-metric caption average (docs/concepts.md, "Per-task scorers").
 
 Like the other scorers these report x100, so a CIDEr-D of 1.105 is reported as 110.5. CIDEr-D is
 not bounded by 1 (the standard definition multiplies by 10), so **caption scores can exceed 100**;

@@ -1,4 +1,4 @@
-"""Continual-learning summary metrics from the accuracy matrix (shared/specs/metrics.md).
+"""Continual-learning summary metrics from the accuracy matrix (docs/concepts.md).
 
 `matrix[i][j - 1]` is A[i][j]: the score (0-100) on task j after training task i, with row 0 the
 untouched base model. Cells that were not evaluated are None/NaN and are skipped in every mean,

@@ -1,4 +1,4 @@
-"""ContinualMethod: the only contract the runner knows (see DESIGN.md).
+"""ContinualMethod: the only contract the runner knows (docs/extending.md).
 
 A method is a LightningModule holding the MLLM plus its own modules, and a handful of hooks:
 

@@ -1,4 +1,4 @@
-"""dmole: Dynamic Mixture of Curriculum LoRA Experts (Ge et al. 2025; shared/specs/dmole.md),
+"""dmole: Dynamic Mixture of Curriculum LoRA Experts (Ge et al. 2025; docs/methods/dmole.md),
 as the official code does it, with the choices the release leaves open as options.
 
 Candidates are the attention linears of the vision tower and the LM (``vision_targets``,

@@ -1,7 +1,7 @@
 """fwd_prompt: a multimodal prompt pool with gradient projection (Zheng et al. 2024, Fwd-Prompt).
 
 **Reconstructed from the paper's description**: there is no public implementation, so every
-unknown is an option (shared/specs/fwd_prompt.md).
+unknown is an option (docs/methods/fwd_prompt.md).
 
 Model side. The MLLM is frozen. A pool of ``pool_size`` prompts, each an image key
 (``d_img``), a text key (``d_lm``) and a value of ``prompt_length`` vectors in the LM's input

@@ -1,6 +1,7 @@
 """PathWeave (Yu et al., NeurIPS 2024): modality-incremental learning with Adapter-in-Adapter.
 
-Spec: ``shared/specs/pathweave.md``. A vision LLM (frozen) learns one new modality per stage.
+Documented in ``docs/methods/pathweave.md``. A vision LLM (frozen) learns one new modality per
+stage.
 
 - **Sites** (module-name patterns, ``re.fullmatch``): the connector's linears and the LM's
   attention projections by default (PathWeave's X-InstructBLIP sites are its Q-Former's

@@ -1,4 +1,4 @@
-"""smolora: Separable Mixture of LoRA (Wang et al. 2024; shared/specs/smolora.md), as the code does.
+"""smolora: Separable Mixture of LoRA (Wang et al. 2024; docs/methods/smolora.md), as the code does.
 
 :class:`~mcl.adapters.smolora.SMoLoRALinear` wraps the LM's MLP linears and the projector's
 linears (attention and the vision tower get none). Per sample, one visual-understanding expert

@@ -2,7 +2,7 @@
 
 Default encoders need no download: the MLLM's own frozen vision tower (its pooled/CLS output)
 for images, and its frozen input-embedding table, mean-pooled over the tokens, for text
-(shared/specs/eproj_tir.md allows this in place of BERT). Any object with the same two methods
+(docs/methods/eproj.md allows this in place of BERT). Any object with the same two methods
 (``image(pixel_values)`` and ``text(list_of_str)``, both returning ``(B, d)``) can stand in.
 
 A task's embedding: sub-sample its training set, average each kind's features (image,

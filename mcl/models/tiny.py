@@ -284,7 +284,7 @@ def instruct_tune(
     the benchmark's own samples). A task is a name in ``twin`` or ``other_twin/name``. This
     makes a base like InstructBLIP or LLaVA-1.5, which had been tuned on many instruction tasks
     before any continual sequence starts — the condition under which He et al.
-    (specs/eproj_tir.md) find that regularisation works at all."""
+    (docs/methods/eproj.md) find that regularisation works at all."""
     from mcl.data.synthetic import twins
 
     chosen = []

@@ -2,7 +2,7 @@
 a penalty plugin (``ewc`` or ``mas`` with ``tir:``; conf/plugin/tir_ewc.yaml, tir_mas.yaml).
 
 The penalty stays EWC/MAS's quadratic one towards the task-start parameters; what TIR changes is
-how the importance is kept (shared/specs/eproj_tir.md):
+how the importance is kept (docs/methods/baselines.md):
 
 - after task c, its importance (EWC: squared LM-loss gradients; MAS: |grad of ||logits||^2|) is
   normalised to sum to 1 and merged into the stored importance by an element-wise **max**, and

@@ -29,9 +29,10 @@ def mcitlib_contains_score(pred: str, refs: str | Sequence[str]) -> float:
     source) is skipped before comparison: it scores 0 even when the reference is "unanswerable",
     yet is still counted in the denominator.
 
-    anchors.md only says skipped "Unanswerable" answers are counted; in the CoIN-derived scripts
-    we could read (e.g. the OCR-VQA one: `if 'Unanswerable' in result['text']: continue` with
-    `total = len(results)`) the test is on the prediction, so that is what is reproduced.
+    The benchmark's notes only say skipped "Unanswerable" answers are counted; in the
+    CoIN-derived scripts we could read (e.g. the OCR-VQA one: `if 'Unanswerable' in
+    result['text']: continue` with `total = len(results)`) the test is on the prediction, so
+    that is what is reproduced.
     """
     if UNANSWERABLE in pred:
         return 0.0

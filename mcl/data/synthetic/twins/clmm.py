@@ -1,4 +1,4 @@
-"""The CLMM twin (EProj / TIR, specs/eproj_tir.md): Flickr30k, TextCaps, VQAv2, OCR-VQA, GQA,
+"""The CLMM twin (EProj / TIR, docs/benchmarks/clmm.md): Flickr30k, TextCaps, VQAv2, OCR-VQA, GQA,
 OK-VQA, A-OKVQA, VizWiz, TextVQA, built so that task similarity is real:
 
 - similar pairs share their instruction family, answer kind and much of their images:

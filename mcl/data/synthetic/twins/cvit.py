@@ -1,7 +1,7 @@
 """The CVIT twin (SMoLoRA): ScienceQA -> TextVQA -> Flickr30k -> ImageNet -> GQA -> VQAv2, unseen
 VizWiz, TextCaps and OCR-VQA, in the tiny base's shapes-and-words world.
 
-Each task keeps its real counterpart's *type* and answer format (specs/smolora.md, "CVIT"):
+Each task keeps its real counterpart's *type* and answer format (docs/benchmarks/cvit.md):
 
 - ``scienceqa``: multiple-choice arithmetic on the shapes ("if one more shape were drawn, how
   many would there be?"), three lettered options in a fixed order, answer = the letter (``mc``).

@@ -1,5 +1,5 @@
 """The D-MoLE twin: VizWiz-Caption -> SK-VG -> TextCaps -> IconQA -> OCR-VQA -> Flickr30k ->
-VizWiz-VQA -> KVQA -> PMC-VQA (specs/dmole.md §1.7), in the tiny base's world.
+VizWiz-VQA -> KVQA -> PMC-VQA (docs/benchmarks/dmole.md), in the tiny base's world.
 
 Modality imbalance is built in: ``skvg`` (a box), ``ocrvqa`` and ``textcaps`` (reading) are
 vision-heavy, while ``kvqa`` is language-heavy: its answer comes from a fixed story table keyed by
