@@ -216,7 +216,7 @@ def build(cfg: DictConfig, out_dir: Path):
         )
     # the method's own initialisation (adapters, routers, prompts) depends on the seed alone.
     # Model loaders reseed or consume the global RNG (the tiny base seeds its construction; a
-    # cold cache also trains it): before 2026-11-28 every seed drew the same adapters here.
+    # cold cache also trains it), so without this every seed would draw the same adapters.
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:  # a method that cannot fit this model (targets, budgets) says so in one line
         method.check_bench(bench)
