@@ -497,8 +497,9 @@ def precheck(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
 
 
 def _is_group(override: str) -> bool:
+    """A group choice, or the search path that makes a user's own group options findable."""
     key = override.lstrip("+~").split("=")[0].split("@")[0]
-    return key in GROUPS or "/" in key
+    return key in GROUPS or "/" in key or key == "hydra.searchpath"
 
 
 def _compose(overrides: list[str], conf_dir: Path):
