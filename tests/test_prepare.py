@@ -60,7 +60,9 @@ def write_release(bench: str, root: Path, n_train: int = 6, n_test: int = 4) -> 
     the files are: per task a train file of conversations, a test file of ``question_id`` /
     ``image`` / question / ``answer`` records (``answer_bbox`` + ``size`` for a box task, the
     option letter for a multiple-choice one; ``question`` for InternVL's evaluation lines,
-    ``text`` for CoIN's) or COCO-style caption references, and the images they name."""
+    ``text`` for CoIN's; D-MoLE's grounding lines with ``sent``, a pixel ``bbox``, ``width``,
+    ``height`` and ``knowledge``, its multiple-choice lines with ``choices`` and the index of the
+    right one as ``answer``) or COCO-style caption references, and the images they name."""
     cfg = load_bench(bench)
     files = cfg["files"]
     for t, (task, entry) in enumerate(files["tasks"].items()):
@@ -78,6 +80,8 @@ def write_release(bench: str, root: Path, n_train: int = 6, n_test: int = 4) -> 
                 if scorer == "iou":
                     question = "Please provide the bounding box of: the left cat"
                     answer = f"[0.{i}0, 0.10, 0.5{i}, 0.90]"
+                    if fmt == "internvl":  # InternVL trains boxes on a 0-1000 scale
+                        answer = f"[[{10 * i}, 100, {500 + 10 * i}, 900]]"
                 elif scorer == "mc":  # lettered options, the letter answers
                     question = f"Which is shown in picture {i}?\nA. cat\nB. dog\n{_MC}"
                     answer = "AB"[i % 2]
@@ -91,6 +95,15 @@ def write_release(bench: str, root: Path, n_train: int = 6, n_test: int = 4) -> 
                     human = {"from": "human", "value": "<image>\n" + question}
                     conv = [human, {"from": "gpt", "value": answer}]
                     records.append({"id": f"{task}-{i}", "image": rel, "conversations": conv})
+                    continue
+                if fmt == "internvl" and scorer == "iou":  # D-MoLE's evaluate_grounding.py
+                    box = [64 + 8 * i, 48, 320 + 8 * i, 432]
+                    rec = {"image": rel, "sent": "the left cat", "bbox": box}
+                    records.append(rec | {"width": 640, "height": 480, "knowledge": "cats sit"})
+                    continue
+                if fmt == "internvl" and scorer == "mc":  # D-MoLE's evaluate_multi_choice.py
+                    rec = {"image": rel, "question": f"Which is shown in picture {i}?"}
+                    records.append(rec | {"choices": ["cat", "dog"], "answer": i % 2})
                     continue
                 rec = {"question_id": f"{task}-q{i}", "image": rel}
                 rec["question" if fmt == "internvl" else "text"] = question
@@ -262,14 +275,28 @@ def test_real_run_without_test_shards_stops_before_the_model_is_built(tmp_path):
     assert command in line[0]
 
 
-def test_dmole_caption_test_keeps_every_reference_of_the_karpathy_file(tmp_path):
+def test_dmole_test_files_keep_references_boxes_and_options(tmp_path):
+    tasks = ["flickr30k", "skvg", "iconqa", "pmcvqa"]
     root, out = write_release("dmole", tmp_path / "release", 2, 2), tmp_path / "dmole"
-    prepare("dmole", root, out, tasks=["flickr30k", "skvg"], progress=False)
-    bench = Benchmark(out, ["flickr30k", "skvg"], [], "real")
-    captions = list(read_shards(bench.shard_paths(bench.task("flickr30k"), "test")))
-    assert [len(s["answers"]) for s in captions] == [5, 5]
-    boxes = list(read_shards(bench.shard_paths(bench.task("skvg"), "test")))
-    assert boxes[0]["answer"] == "[0.20, 0.10, 0.52, 0.90]"
+    prepare("dmole", root, out, tasks=tasks, progress=False)
+    bench = Benchmark(out, tasks, [], "real")
+
+    def test_samples(task: str) -> list[dict]:
+        return list(read_shards(bench.shard_paths(bench.task(task), "test")))
+
+    assert [len(s["answers"]) for s in test_samples("flickr30k")] == [5, 5]
+    # SK-VG: pixel box [80, 48, 336, 432] of a 640x480 image, asked with its knowledge; the
+    # reference is InternVL's 0-1000 box, the pixel box and image size stay in meta
+    box = test_samples("skvg")[0]
+    assert box["answer"] == "[[125, 100, 525, 900]]"
+    assert box["meta"]["bbox"] == [80, 48, 336, 432] and box["meta"]["image_size"] == [640, 480]
+    assert box["question"].startswith("Based on the knowledge cats sit.\n")
+    assert box["question"].endswith("describes: <ref>the left cat</ref>")
+    for task in ("iconqa", "pmcvqa"):  # `answer` is an index into `choices`: 2 -> A, 3 -> B
+        samples = test_samples(task)
+        assert [s["answer"] for s in samples] == ["A", "B"]
+        assert all(s["meta"]["options"] == ["cat", "dog"] for s in samples)
+        assert "\nA. cat\nB. dog\nAnswer with the option's letter" in samples[0]["question"]
 
 
 def test_clmm_lavis_answers_are_all_kept(tmp_path):

@@ -553,6 +553,67 @@ def test_internvl_jsonl_training_and_eval_shapes(tmp_path):
     assert rec.question.endswith("\n" + prompt) and rec.instruction == prompt
 
 
+def test_internvl_multiple_choice_lines_as_dmole_asks_them(tmp_path):
+    # data/iconqa/multi_text_choice_test.jsonl, data/pmcvqa/test_clean.jsonl: the fields that
+    # eval/vqa/evaluate_multi_choice.py (gcd19/D-MoLE) reads; `answer` indexes `choices`
+    test = write(
+        tmp_path / "data/iconqa/multi_text_choice_test.jsonl",
+        [
+            {"image": "iconqa/1.png", "question": "Which is bigger?", "choices": ["a", "b", "c"]}
+            | {"answer": 2},
+            {"image": "iconqa/2.png", "question": "Which?", "choices": ["x", "y"], "answer": "y"},
+            {"image": "iconqa/3.png", "question": "Which?", "choices": ["x", "y"]},
+            {"image": "iconqa/4.png", "question": "Which?", "choices": "x y", "answer": 0},
+        ],
+        jsonl=True,
+    )
+    (rec,), problems = read("internvl", test)
+    mc = "Answer with the option's letter from the given choices directly."
+    assert rec.question == f"Which is bigger?\nA. a\nB. b\nC. c\n{mc}"
+    assert rec.answers == ["C"] and rec.options == ["a", "b", "c"] and rec.instruction == mc
+    assert choice_score("C", rec.answers, rec.options) == 1.0
+    assert choice_score("c", rec.answers, rec.options) == 1.0  # the option's text
+    assert choice_score("A", rec.answers, rec.options) == 0.0
+    assert [(p.field, p.reason) for p in problems] == [
+        ("answer", MALFORMED),
+        ("answer", MISSING),
+        ("choices", MALFORMED),
+    ]
+    assert "index of the right choice" in str(problems[0])
+
+
+def test_internvl_grounding_lines_keep_pixel_box_and_size(tmp_path):
+    # data/sk-vg/test.jsonl: the fields eval/refcoco/evaluate_grounding.py (gcd19/D-MoLE) reads
+    rec = {"image": "sk-vg/images/1.jpg", "sent": "the man on the left", "width": 640}
+    test = write(
+        tmp_path / "data/sk-vg/test.jsonl",
+        [
+            rec | {"bbox": [64, 48, 320, 240], "height": 480, "knowledge": "he wears a hat"},
+            rec | {"bbox": [0, 0, 10, 10]},
+            rec | {"bbox": [0, 0, 10], "height": 480},
+            {"image": "x.jpg", "bbox": [0, 0, 1, 1], "width": 2, "height": 2},
+        ],
+        jsonl=True,
+    )
+    (box,), problems = read("internvl", test)
+    assert box.bbox == [64, 48, 320, 240] and box.image_size == [640, 480]
+    assert box.question == (
+        "Based on the knowledge he wears a hat.\nPlease provide the bounding box coordinate of "
+        "the region this sentence describes: <ref>the man on the left</ref>"
+    )
+    # InternVL's answer is on a 0-1000 scale per axis, as D-MoLE rescales it to pixels
+    assert box.answers == ["[[100, 100, 500, 500]]"]
+    # a 0-1000 prediction scores as D-MoLE's pixel IoU does: [100, 100, 500, 400] covers 3/4
+    assert iou_score("<ref>the man</ref><box>[[100, 100, 500, 400]]</box>", box.answers) == 1.0
+    assert iou_score("[[100, 100, 500, 250]]", box.answers) == 0.0  # IoU 3/8
+    assert to_llava(box)["meta"] == {"bbox": [64, 48, 320, 240], "image_size": [640, 480]}
+    assert [(p.field, p.reason) for p in problems] == [
+        ("height", MISSING),
+        ("bbox", MALFORMED),
+        ("sent", MISSING),
+    ]
+
+
 def test_lavis_answer_list_kept_with_repeats_and_missing_answer_named(tmp_path):
     ann = write(
         tmp_path / "okvqa/annotations/vqa_val_eval.json",
