@@ -529,6 +529,20 @@ def _locked(out: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def publish_shards(out: Path, task: str, split: str, tmp: Path, names, samples: int) -> dict:
+    """Move a split's freshly written shards from ``tmp`` into ``<out>/<task>/``, replacing the
+    split's old ones, and return its bench.json entry (shards, sample count, hashes). Call it
+    holding the output's lock."""
+    task_dir = out / task
+    for old in task_dir.glob(f"{split}-*.tar"):
+        old.unlink()
+    shards = []
+    for name in names:
+        os.replace(tmp / name, task_dir / name)
+        shards.append(f"{task}/{name}")
+    return {"shards": shards, "samples": samples, "sha256": {s: _sha256(out / s) for s in shards}}
+
+
 def update_bench_json(out: Path, cfg: dict, task: str, split: str, split_entry: dict) -> dict:
     """Create or update ``out/bench.json`` with one converted split; returns the new spec."""
     path = out / "bench.json"
@@ -674,18 +688,8 @@ def convert(
             atomic_write_json(task_dir / f"{split}.convert.json", summary)
             return summary
         with _locked(out):
-            for old in task_dir.glob(f"{split}-*.tar"):
-                old.unlink()
-            shards = []
-            for name in names_written:
-                os.replace(tmp / name, task_dir / name)
-                shards.append(f"{task}/{name}")
-            split_entry = {
-                "shards": shards,
-                "samples": stats["samples"],
-                "sha256": {s: _sha256(out / s) for s in shards},
-            }
-            summary["shards"] = shards
+            split_entry = publish_shards(out, task, split, tmp, names_written, stats["samples"])
+            summary["shards"] = split_entry["shards"]
             atomic_write_json(task_dir / f"{split}.convert.json", summary)
             update_bench_json(out, cfg, task, split, split_entry)
     finally:

@@ -34,7 +34,6 @@ test split or eval set (a test set silently missing questions is not the benchma
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from mcl.data.convert import (
     convert,
     load_bench,
     problem_counts,
+    publish_shards,
     update_bench_json,
 )
 from mcl.data.readers import audio, depth, points, video, xmodal
@@ -227,18 +227,8 @@ def convert_job(cfg: dict, job: dict, out: Path, limit: int | None, progress: bo
             atomic_write_json(task_dir / f"{split}.convert.json", summary)
             return summary
         with _locked(out):
-            for old in task_dir.glob(f"{split}-*.tar"):
-                old.unlink()
-            shards = []
-            for name in names:
-                os.replace(tmp / name, task_dir / name)
-                shards.append(f"{task}/{name}")
-            entry = {
-                "shards": shards,
-                "samples": written[0],
-                "sha256": {s: _sha256(out / s) for s in shards},
-            }
-            summary["shards"] = shards
+            entry = publish_shards(out, task, split, tmp, names, written[0])
+            summary["shards"] = entry["shards"]
             atomic_write_json(task_dir / f"{split}.convert.json", summary)
             if split in SPLITS:
                 update_bench_json(out, cfg, task, split, entry)
