@@ -62,3 +62,18 @@ def test_cli_runs_a_users_method_from_any_directory(user_conf, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     (result,) = (tmp_path / "logs").glob("synth/my_lora/s0/*/results.json")
     assert json.loads(result.read_text())["method"] == "my_lora"
+
+
+def test_a_users_plugin_on_the_search_path_is_found_by_name(tmp_path, monkeypatch):
+    from mcl.plugins.ewc import EWCPlugin
+    from mcl.plugins.registry import build_plugins, plugin_names
+
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "plugin" / "strong_ewc.yaml").write_text(
+        "_target_: mcl.plugins.ewc.EWCPlugin\nlam: 1.0e7\n"
+    )
+    assert "strong_ewc" not in plugin_names()
+    monkeypatch.setattr(sys, "argv", ["mcl.train", f"hydra.searchpath=[file://{tmp_path}]"])
+    assert "strong_ewc" in plugin_names() and "ewc" in plugin_names()
+    (plugin,) = build_plugins(["strong_ewc"])
+    assert isinstance(plugin, EWCPlugin) and plugin.lam == 1.0e7

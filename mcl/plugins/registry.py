@@ -8,26 +8,36 @@ then a config key, ``method.plugins.<name>.<option>``; a null entry drops that p
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 
-from mcl.config import CONF_DIR
+from mcl.config import CONF_DIR, search_dirs
 from mcl.plugins.base import EXCLUSIVE, Plugin
 
 PLUGIN_DIR = CONF_DIR / "plugin"
 
 
+def plugin_dirs() -> list[Path]:
+    """mcl's ``conf/plugin`` and the ``plugin`` folder of every directory the command line puts
+    on Hydra's search path (``hydra.searchpath=[file:///my/confs]``), so a user's own plugin
+    configs are found by name like the shipped ones."""
+    return [PLUGIN_DIR, *(d / "plugin" for d in search_dirs(sys.argv[1:]))]
+
+
 def plugin_names() -> list[str]:
-    return sorted(p.stem for p in PLUGIN_DIR.glob("*.yaml"))
+    return sorted({p.stem for d in plugin_dirs() for p in d.glob("*.yaml")})
 
 
 def _from_name(name: str) -> Plugin:
     from omegaconf import OmegaConf
 
-    path = PLUGIN_DIR / f"{name}.yaml"
-    if not path.is_file():
+    path = next((d / f"{name}.yaml" for d in plugin_dirs() if (d / f"{name}.yaml").is_file()), None)
+    if path is None:
         raise ValueError(
             f"unknown plugin '{name}'; choose one of: {', '.join(plugin_names())} "
-            f"(or add conf/plugin/{name}.yaml)"
+            f"(or add conf/plugin/{name}.yaml, or plugin/{name}.yaml in a directory on "
+            "hydra.searchpath)"
         )
     return _instantiate(OmegaConf.load(path))
 
