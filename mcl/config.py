@@ -26,7 +26,11 @@ class ConfigError(ValueError):
 
 def choices(group: str, conf_dir: Path = CONF_DIR, extra: list[Path] = ()) -> list[str]:
     """The options of a config group: ``conf_dir``'s and those of the ``extra`` directories."""
-    return sorted({p.stem for d in (conf_dir, *extra) for p in (d / group).glob("*.yaml")})
+    return sorted(
+        p.relative_to(d / group).with_suffix("").as_posix()  # nested: experiment=results/cvit
+        for d in (conf_dir, *extra)
+        for p in (d / group).rglob("*.yaml")
+    )
 
 
 def search_dirs(argv: list[str]) -> list[Path]:

@@ -1,0 +1,86 @@
+"""Every results preset (``experiment=results/<page>``) composes every job of its sweep: the
+cartesian product of its ``hydra.sweeper.params``, each composed with Hydra's compose API (no
+run), so a preset cannot name a method, option or job that does not exist."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mcl.config import CONF_DIR, choices
+
+PRESETS = ("synth", "cvit", "dmole", "clmm", "mcl", "lambda")
+BASELINES = {
+    "zero_shot", "seq_lora", "seq_ft", "joint", "replay", "ewc", "mas", "lwf", "tir_ewc",
+    "tir_mas", "moelora", "olora",
+}  # fmt: skip
+
+
+def _jobs(preset: str) -> list[list[str]]:
+    """Each job's overrides: experiment=results/<preset> and one value of every sweep axis."""
+    cfg = compose("train", [f"experiment=results/{preset}"], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    axes = [[f"{k}={v.strip()}" for v in str(values).split(",")] for k, values in params.items()]
+    return [[f"experiment=results/{preset}", *job] for job in itertools.product(*axes)]
+
+
+@functools.cache
+def _compose_all(preset: str) -> list:
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        return [compose("train", job) for job in _jobs(preset)]
+
+
+def test_the_presets_are_experiment_options():
+    assert {f"results/{p}" for p in PRESETS} <= set(choices("experiment"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_preset_composes_every_job_with_three_seeds(preset):
+    configs = _compose_all(preset)
+    assert {c.seed for c in configs} == {0, 1, 2}
+    methods = {c.method.name for c in configs}
+    expected = {
+        "synth": BASELINES,
+        "cvit": BASELINES | {"smolora", "fwd_prompt"},
+        "dmole": BASELINES | {"dmole"},
+        "clmm": {"seq_ft", "replay", "ewc", "mas", "tir_ewc", "tir_mas", "eproj", "joint"},
+        "mcl": {"seq_lora", "pathweave", "joint"},
+        "lambda": {"ewc", "tir_ewc", "mas", "tir_mas"},
+    }[preset]
+    assert methods == expected
+    bench = {"lambda": "clmm"}.get(preset, preset)
+    assert {c.bench.name for c in configs} == {bench}
+    if preset in ("clmm", "lambda"):
+        assert {c.model.name for c in configs} == {"tiny_it"}
+
+
+def test_cvit_runs_smolora_in_both_routings_and_both_instruction_settings():
+    configs = [c for c in _compose_all("cvit") if c.method.name == "smolora"]
+    settings = {(c.method.if_route, c.bench.synthetic.instructions) for c in configs}
+    assert settings == {(r, i) for r in ("oracle_type", "text_embedding") for i in (1, 5)}
+    assert len(configs) == 4 * 3
+
+
+def test_dmole_runs_both_ablations():
+    configs = [c for c in _compose_all("dmole") if c.method.name == "dmole"]
+    settings = {(c.method.allocator, c.method.curriculum) for c in configs}
+    assert settings == {("zc", "split"), ("fixed", "split"), ("zc", "none")}
+
+
+def test_mcl_runs_pathweave_with_both_base_modalities():
+    configs = [c for c in _compose_all("mcl") if c.method.name == "pathweave"]
+    assert {tuple(c.method.base_modalities) for c in configs} == {(), ("image",)}
+
+
+def test_the_lambda_sweep_spans_100x_for_each_regulariser():
+    by_method: dict[str, set[float]] = {}
+    for c in _compose_all("lambda"):
+        name = c.method.name
+        by_method.setdefault(name, set()).add(float(c.method.plugins[name].lam))
+    assert set(by_method) == {"ewc", "tir_ewc", "mas", "tir_mas"}
+    for lams in by_method.values():
+        assert len(lams) >= 4 and max(lams) / min(lams) >= 100
