@@ -1,42 +1,62 @@
-"""Numbers users read are generated: every results page (and the README's headline block) is what
-``scripts/publish_results.py`` makes from the committed run summaries."""
+"""Numbers users read are generated: every results page, its figures and the README's headline
+block are exactly what ``python -m mcl.report --publish docs/results/PAGE --from-summaries``
+makes from the committed run summaries."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import json
 from pathlib import Path
 
 import pytest
 
+from mcl.report.publish import (
+    FIGURES,
+    PAGE_FILE,
+    Page,
+    markdown,
+    page_runs,
+    readme_block,
+    readme_path,
+)
+from mcl.report.publish import _groups as page_groups
+from mcl.report.summary import KEEP
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _publisher():
-    spec = importlib.util.spec_from_file_location("publish", ROOT / "scripts/publish_results.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-PUBLISH = _publisher()
+RESULTS = ROOT / "docs" / "results"
+PAGES = sorted(p.parent for p in RESULTS.glob(f"*/{PAGE_FILE}"))
 STALE = "stale: rerun python scripts/publish_results.py"
 
 
-@pytest.mark.parametrize("name", sorted(n for n, p in PUBLISH.PAGES.items() if p.runs.is_dir()))
-def test_a_results_page_is_regenerated_from_its_committed_runs(monkeypatch, name):
-    monkeypatch.chdir(ROOT)  # run directories are shown relative to the checkout
-    page = PUBLISH.PAGES[name]
-    assert page.path.read_text() == PUBLISH.markdown(page), STALE
-    methods = {p.parent.name.split("_s")[0] for p in page.runs.glob("*/results.json")}
-    assert methods, f"{name} has no runs"
-    for figure in ("metrics.png", "matrices.png"):
-        assert (PUBLISH.RESULTS / name / figure).stat().st_size > 0
+def test_there_are_pages():
+    assert {"cvit_headline", "cvit_fwd_prompt", "dmole_twin"} <= {p.name for p in PAGES}
 
 
-def test_the_readme_shows_the_headline_comparison_from_its_runs(monkeypatch):
-    monkeypatch.chdir(ROOT)
-    assert PUBLISH.readme_block() in PUBLISH.README.read_text(), STALE
-    runs = list(PUBLISH.PAGES["cvit_headline"].runs.glob("*/results.json"))
-    assert {p.parent.name.rsplit("_s", 1)[0] for p in runs} == {"seq_lora", "smolora"}
+@pytest.mark.parametrize("page_dir", PAGES, ids=lambda p: p.name)
+def test_a_results_page_is_regenerated_from_its_committed_summaries(page_dir):
+    assert (RESULTS / f"{page_dir.name}.md").read_text() == markdown(page_dir), STALE
+
+
+@pytest.mark.parametrize("page_dir", PAGES, ids=lambda p: p.name)
+def test_a_pages_figures_are_regenerated_byte_for_byte(page_dir, tmp_path):
+    page = Page.load(page_dir)
+    groups = page_groups(page, page_runs(page_dir, page.split))
+    for file, _, plot in FIGURES:
+        plot(tmp_path / file, groups)
+        assert (tmp_path / file).read_bytes() == (page_dir / file).read_bytes(), (file, STALE)
+
+
+@pytest.mark.parametrize("page_dir", PAGES, ids=lambda p: p.name)
+def test_committed_summaries_are_compact(page_dir):
+    files = list((page_dir / "runs").glob("*/results.json"))
+    assert files
+    for path in files:
+        run = json.loads(path.read_text())
+        assert set(run) <= set(KEEP) | {"versions", "code_version", "hardware"}, path
+        assert {"config", "matrix", "metrics"} <= set(run), path
+    assert not [p for p in (page_dir / "runs").rglob("*") if p.is_file() and p.suffix != ".json"]
+
+
+def test_the_readme_shows_the_headline_page_from_its_summaries():
+    headline = [p for p in PAGES if Page.load(p).readme]
+    assert [p.name for p in headline] == ["cvit_headline"]
+    assert readme_block(headline[0]) in readme_path(headline[0]).read_text(), STALE

@@ -85,6 +85,7 @@ def _group(runs: list[dict], split: Sequence[str] = ()) -> dict:
         "data_source": first.get("data_source", "unknown"),
         "method": first["method"],
         "label": label,
+        "split_values": list(values),  # JSON of each split key's value ("null": unset)
         "reference": any(r["reference"] for r in runs),  # a bound: never "best"
         # extra scores' metrics keys (e.g. MIF), each also with a K_unseen stat
         "extras": [k for k in keys if k not in METRICS and not k.endswith("_unseen")],

@@ -18,6 +18,16 @@ metrics.png (Last / MAA / BWT bars). Below each table, BWT task by task, with a 
 (often a CIDEr-scored caption task) makes up most of it, and the data faults: every run's
 unreadable samples per task, as its results.json `skipped` counts them.
 From Python: `print(markdown_table(aggregate(collect(paths))))`.
+
+Results pages (docs/results/index.md):
+
+    python -m mcl.report logs/multirun/<sweep> --publish docs/results/cvit   # store + write
+    python -m mcl.report --publish docs/results/cvit --from-summaries        # rewrite only
+
+--publish stores each finished run's compact summary in PAGE/runs/ (replacing the ones there)
+and writes PAGE.md, its figures and PAGE/page.json (--title, --about, --command, --order,
+--split-by, --pair, when given; without --split-by the config keys that differ between runs of
+one method). --from-summaries rewrites the page from the committed summaries alone.
 """
 
 from __future__ import annotations
@@ -65,7 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "paths", nargs="+", metavar="RUN_DIR", help="run, sweep or parent directories"
+        "paths", nargs="*", metavar="RUN_DIR", help="run, sweep or parent directories"
+    )
+    page = parser.add_argument_group("results pages")
+    page.add_argument("--publish", metavar="PAGE_DIR", help="write a results page (see above)")
+    page.add_argument(
+        "--from-summaries",
+        action="store_true",
+        help="with --publish and no RUN_DIR: rewrite the page from its committed summaries",
+    )
+    page.add_argument("--title", default="", help="the page's title (page.json)")
+    page.add_argument("--about", default="", help="a paragraph on what the runs are (page.json)")
+    page.add_argument(
+        "--command",
+        action="append",
+        default=[],
+        help="a command that made the runs (repeatable; default: the results preset's)",
+    )
+    page.add_argument(
+        "--pair", default="", metavar="BASE,METHOD", help="a per-seed comparison table"
     )
     parser.add_argument(
         "--out",
@@ -109,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.publish or args.from_summaries:
+        return _publish(args)
+    if not args.paths:
+        print("error: pass at least one RUN_DIR (or --publish PAGE_DIR)", file=sys.stderr)
+        raise SystemExit(2)
     order = [name.strip() for name in args.order.split(",") if name.strip()]
     try:
         split = [k.strip() for k in args.split_by.split(",") if k.strip()]
@@ -130,6 +163,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"wrote {', '.join(OUTPUTS)} to {out}", file=sys.stderr)
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from mcl.report.publish import publish
+
+    try:
+        if not args.publish:
+            raise ReportError("--from-summaries needs --publish PAGE_DIR")
+        if args.from_summaries == bool(args.paths):
+            raise ReportError(
+                "--publish takes RUN_DIRs (store their summaries) or --from-summaries, not both"
+                if args.paths
+                else "--publish needs RUN_DIRs, or --from-summaries to rewrite the page"
+            )
+        written = publish(
+            args.publish,
+            args.paths,
+            title=args.title,
+            about=args.about,
+            commands=args.command,
+            order=[n.strip() for n in args.order.split(",") if n.strip()],
+            split=[k.strip() for k in args.split_by.split(",") if k.strip()],
+            pair=[n.strip() for n in args.pair.split(",") if n.strip()] or None,
+        )
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return 0
 
 

@@ -25,9 +25,11 @@ def _data_note(groups: Sequence[dict]) -> str:
     return ": real data" if sources == {"real"} else ""
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """The figure as PNG at a fixed dpi, without metadata (no version stamp): the same figure
+    gives the same bytes, so a committed figure can be checked."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
     return buf.getvalue()
 
 
@@ -65,7 +67,7 @@ def plot_matrices(path: str | os.PathLike, groups: Sequence[dict]) -> None:
         ax.set_axis_off()
     shared_colorbars(fig, drawn, list(axes), label="score (mean over seeds)", shrink=0.8)
     fig.suptitle(f"Accuracy matrices, mean over seeds{_data_note(groups)}")
-    atomic_write_bytes(path, _png(fig))
+    atomic_write_bytes(path, png_bytes(fig))
 
 
 def plot_metrics(path: str | os.PathLike, groups: Sequence[dict]) -> None:
@@ -91,4 +93,4 @@ def plot_metrics(path: str | os.PathLike, groups: Sequence[dict]) -> None:
     ax.set_ylabel("score (mean ± std over seeds)")
     ax.set_title(f"Last / MAA / BWT{_data_note(groups)}")
     ax.legend()
-    atomic_write_bytes(path, _png(fig))
+    atomic_write_bytes(path, png_bytes(fig))

@@ -1,0 +1,98 @@
+"""The results pages' own figures: Last against BWT for every group (with the trade-off curve
+through a method's settings where a page sweeps one, e.g. a penalty weight), and each task's
+score across the sequence (its forgetting curve). Byte-stable, as the other figures: fixed size
+and dpi, no metadata."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+
+from mcl.report.plots import png_bytes
+from mcl.utils.io import atomic_write_bytes
+
+
+def _mean_std(g: dict, key: str) -> tuple[float, float]:
+    s = g["metrics"][key]
+    mean = math.nan if s["mean"] is None else s["mean"]
+    return mean, 0.0 if s["std"] is None else s["std"]
+
+
+def _setting(g: dict) -> float | None:
+    """The numeric value of the group's split setting (one shown in its label), if any."""
+    values = [json.loads(v) for v in g.get("split_values", ()) if v != "null"]
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return float(numbers[0]) if len(numbers) == 1 else None
+
+
+def plot_tradeoff(path: str | os.PathLike, groups: Sequence[dict]) -> None:
+    """Last (y) against BWT (x), mean ± std over seeds for every group; groups of one method
+    that differ only in a numeric setting are joined in the setting's order (a trade-off
+    curve), each point labelled with its value. Bounds (reference methods) are hollow."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 5.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    methods = list(dict.fromkeys(g["method"] for g in groups))
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    curves = False
+    for method in methods:
+        members = [g for g in groups if g["method"] == method]
+        swept = [g for g in members if _setting(g) is not None]
+        if len(swept) > 1:
+            swept.sort(key=_setting)
+            xs = [_mean_std(g, "bwt")[0] for g in swept]
+            ys = [_mean_std(g, "last")[0] for g in swept]
+            ax.plot(xs, ys, "-", color=colors[method], linewidth=1, label=method)
+            curves = True
+        for g in members:
+            (x, xerr), (y, yerr) = _mean_std(g, "bwt"), _mean_std(g, "last")
+            face = "none" if g["reference"] else colors[method]
+            ax.errorbar(
+                x, y, xerr=xerr, yerr=yerr, fmt="o", color=colors[method], mfc=face, capsize=3
+            )
+            text = f"{_setting(g):g}" if len(swept) > 1 and g in swept else g["label"]
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("BWT (higher: less forgetting)")
+    ax.set_ylabel("Last (mean over tasks after the last)")
+    ax.set_title("Last against BWT, mean ± std over seeds (hollow: bounds)")
+    if curves:
+        ax.legend(fontsize=7)
+    atomic_write_bytes(path, png_bytes(fig))
+
+
+def plot_forgetting(path: str | os.PathLike, groups: Sequence[dict]) -> None:
+    """One panel per task: its score (mean over seeds) after each training stage, one line per
+    group; the drop after the task's own stage is its forgetting."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tasks = list(dict.fromkeys(t for g in groups for t in g["tasks"]))
+    n_cols = min(len(tasks), 3)
+    n_rows = math.ceil(len(tasks) / n_cols)
+    fig = Figure(figsize=(4.0 * n_cols + 1.5, 2.8 * n_rows + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for j, (ax, task) in enumerate(zip(axes, tasks)):
+        for i, g in enumerate(groups):
+            if task not in g["tasks"]:
+                continue
+            col = g["tasks"].index(task)
+            ys = [math.nan if row[col] is None else row[col] for row in g["stage_matrix"]]
+            style = "--" if g["reference"] else "-"
+            ax.plot(range(len(ys)), ys, style, marker=".", color=f"C{i % 10}", label=g["label"])
+        ax.axvline(j + 1, color="grey", linewidth=0.6, linestyle=":")
+        ax.set_title(f"{task} (trained at stage {j + 1})", fontsize=9)
+        ax.set_xticks(range(len(tasks) + 1))
+        ax.set_xlabel("after stage (0: before training)", fontsize=8)
+    for ax in axes[len(tasks) :]:
+        ax.set_axis_off()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+    fig.suptitle("Each task's score across the sequence, mean over seeds (dashed: bounds)")
+    atomic_write_bytes(path, png_bytes(fig))

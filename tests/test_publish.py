@@ -1,0 +1,99 @@
+"""``python -m mcl.report RUN_DIRS --publish PAGE``: finished runs become compact summaries and
+a page; ``--from-summaries`` rewrites the same page from the summaries alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mcl.report.cli import main
+from mcl.report.publish import FIGURES, Page, auto_split, markdown
+from mcl.report.summary import KEEP
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "docs" / "results" / "cvit_fwd_prompt" / "runs"
+
+
+def _sweep(tmp_path: Path, lam: bool = False) -> Path:
+    """A fake sweep: the committed fwd_prompt summaries as full runs (with the bulky fields a
+    run writes and a summary drops); `lam` turns the two fwd_prompt variants into a numeric
+    setting, as the lambda sweep's."""
+    sweep = tmp_path / "logs" / "multirun" / "sweep"
+    for i, path in enumerate(sorted(SOURCE.glob("*/results.json"))):
+        run = json.loads(path.read_text())
+        run |= {"if_scores": [[1.0]], "per_stage": [{"x": 1}], "host": {"hostname": "vm"}}
+        if lam and run["method"] == "fwd_prompt":
+            run["config"]["method"]["projection"] = 10.0 if "none" in path.parent.name else 1000.0
+        for key in ("versions", "code_version", "hardware"):
+            run.pop(key, None)
+        job = sweep / f"{i}_{path.parent.name}"
+        job.mkdir(parents=True)
+        (job / "results.json").write_text(json.dumps(run))
+        (job / "predictions.jsonl").write_text("{}\n")
+    return sweep
+
+
+def _page(tmp_path: Path) -> Path:
+    return tmp_path / "docs" / "results" / "demo"
+
+
+def test_publish_stores_compact_summaries_and_writes_the_page(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    page = _page(tmp_path)
+    args = [str(_sweep(tmp_path)), "--publish", str(page), "--title", "Demo", "--order", "seq_lora"]
+    assert main(args) == 0
+    names = sorted(p.parent.name for p in (page / "runs").glob("*/results.json"))
+    labels = ("fwd_prompt_interference", "fwd_prompt_none", "seq_lora")
+    assert names == [f"{m}_s{s}" for m in labels for s in (0, 1, 2)]
+    assert not list((page / "runs").rglob("*.jsonl"))
+    run = json.loads((page / "runs" / "seq_lora_s0" / "results.json").read_text())
+    assert set(run) <= set(KEEP) | {"versions", "code_version", "hardware"}
+    assert run["versions"]["python"] and run["code_version"] and run["hardware"]["cores"]
+    spec = Page.load(page)
+    assert spec.split == ["method.projection"]  # found: the variants of one method
+    assert spec.commands == ["python -m mcl.train -m experiment=results/demo"]
+    text = (page.parent / "demo.md").read_text()
+    assert text.startswith("# Demo\n") and "## Hardware, packages and code" in text
+    assert "fwd_prompt (projection=none)" in text and "BWT per task" in text
+    assert "python -m mcl.report --publish docs/results/demo --from-summaries" in text
+    figures = {f: (page / f).read_bytes() for f, _, _ in FIGURES}
+    assert all(figures.values())
+
+    # the summaries alone make the same page, byte for byte, from any working directory
+    monkeypatch.chdir(ROOT)
+    (page.parent / "demo.md").unlink()
+    assert main(["--publish", str(page), "--from-summaries"]) == 0
+    assert (page.parent / "demo.md").read_text() == text == markdown(page)
+    assert {f: (page / f).read_bytes() for f, _, _ in FIGURES} == figures
+
+
+def test_a_numeric_setting_draws_a_tradeoff_curve(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    page = _page(tmp_path)
+    assert main([str(_sweep(tmp_path, lam=True)), "--publish", str(page)]) == 0
+    assert "fwd_prompt (projection=10.0)" in (page.parent / "demo.md").read_text()
+    assert (page / "tradeoff.png").stat().st_size > 0
+
+
+def test_auto_split_finds_nothing_when_one_config_per_method():
+    runs = [json.loads(p.read_text()) for p in SOURCE.glob("seq_lora_s*/results.json")]
+    assert auto_split(runs) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--from-summaries"], ["--publish", "x"], ["runs", "--publish", "x", "--from-summaries"]],
+)
+def test_publish_arguments_that_cannot_work_are_one_line_errors(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_a_page_without_runs_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--publish", str(tmp_path / "empty"), "--from-summaries"])
+    assert "no runs/" in capsys.readouterr().err
