@@ -84,3 +84,27 @@ def test_the_lambda_sweep_spans_100x_for_each_regulariser():
     assert set(by_method) == {"ewc", "tir_ewc", "mas", "tir_mas"}
     for lams in by_method.values():
         assert len(lams) >= 4 and max(lams) / min(lams) >= 100
+
+
+def test_the_training_command_line_accepts_a_preset_and_one_of_its_jobs():
+    """mcl.train's up-front check of group options knows nested ones (experiment=results/cvit)."""
+    import os
+    import subprocess
+    import sys
+
+    argv = ["experiment=results/cvit", "+experiment/results/job=smolora_text_i1", "--cfg", "job"]
+    out = subprocess.run(
+        [sys.executable, "-m", "mcl.train", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+        cwd=CONF_DIR.parent,
+    )
+    assert out.returncode == 0, out.stderr
+    cfg = OmegaConf.create(out.stdout)
+    assert (cfg.method.name, cfg.method.if_route, cfg.bench.name) == (
+        "smolora",
+        "text_embedding",
+        "cvit",
+    )
