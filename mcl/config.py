@@ -26,10 +26,14 @@ class ConfigError(ValueError):
 
 def choices(group: str, conf_dir: Path = CONF_DIR, extra: list[Path] = ()) -> list[str]:
     """The options of a config group: ``conf_dir``'s and those of the ``extra`` directories."""
+    # one folder deep too (experiment=results/cvit); deeper folders are a preset's own groups
     return sorted(
-        p.relative_to(d / group).with_suffix("").as_posix()  # nested: experiment=results/cvit
-        for d in (conf_dir, *extra)
-        for p in (d / group).rglob("*.yaml")
+        {
+            p.relative_to(d / group).with_suffix("").as_posix()
+            for d in (conf_dir, *extra)
+            for pattern in ("*.yaml", "*/*.yaml")
+            for p in (d / group).glob(pattern)
+        }
     )
 
 
