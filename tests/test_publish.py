@@ -97,3 +97,20 @@ def test_a_page_without_runs_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--publish", str(tmp_path / "empty"), "--from-summaries"])
     assert "no runs/" in capsys.readouterr().err
+
+
+def test_publishing_more_runs_adds_to_the_page_and_replace_starts_over(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    page, sweep = _page(tmp_path), _sweep(tmp_path)
+    first = tmp_path / "first"
+    first.mkdir()
+    for job in sweep.glob("*seq_lora_s*"):
+        job.rename(first / job.name)
+    assert main([str(first), "--publish", str(page)]) == 0
+    assert main([str(sweep), "--publish", str(page)]) == 0  # the fwd_prompt runs, later
+    names = {p.parent.name for p in (page / "runs").glob("*/results.json")}
+    assert {"seq_lora_s0", "fwd_prompt_none_s2", "fwd_prompt_interference_s1"} <= names
+    assert len(names) == 9
+    assert main([str(first), "--publish", str(page), "--replace"]) == 0
+    names = {p.parent.name for p in (page / "runs").glob("*/results.json")}
+    assert names == {"seq_lora_s0", "seq_lora_s1", "seq_lora_s2"}

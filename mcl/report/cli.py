@@ -24,10 +24,11 @@ Results pages (docs/results/index.md):
     python -m mcl.report logs/multirun/<sweep> --publish docs/results/cvit   # store + write
     python -m mcl.report --publish docs/results/cvit --from-summaries        # rewrite only
 
---publish stores each finished run's compact summary in PAGE/runs/ (replacing the ones there)
-and writes PAGE.md, its figures and PAGE/page.json (--title, --about, --command, --order,
---split-by, --pair, when given; without --split-by the config keys that differ between runs of
-one method). --from-summaries rewrites the page from the committed summaries alone.
+--publish adds each finished run's compact summary to PAGE/runs/ (replacing the summary of the
+same method, variant and seed; --replace drops the others) and writes PAGE.md, its figures and
+PAGE/page.json (--title, --about, --command, --order, --split-by, --pair, when given; without
+--split-by, the config keys that differ between runs of one method). --from-summaries rewrites
+the page from the committed summaries alone.
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-summaries",
         action="store_true",
         help="with --publish and no RUN_DIR: rewrite the page from its committed summaries",
+    )
+    page.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --publish RUN_DIRs: drop the page's other summaries (default: keep them)",
     )
     page.add_argument("--title", default="", help="the page's title (page.json)")
     page.add_argument("--about", default="", help="a paragraph on what the runs are (page.json)")
@@ -181,6 +187,7 @@ def _publish(args: argparse.Namespace) -> int:
         written = publish(
             args.publish,
             args.paths,
+            args.replace,
             title=args.title,
             about=args.about,
             commands=args.command,

@@ -1,5 +1,5 @@
 """Results pages as build artifacts: ``python -m mcl.report RUN_DIRS --publish docs/results/PAGE``
-stores each finished run's compact summary under ``PAGE/runs/<label>_s<seed>/results.json``
+adds each finished run's compact summary to ``PAGE/runs/<label>_s<seed>/results.json``
 and writes ``PAGE.md`` and its figures from those summaries alone; ``--from-summaries``
 rewrites the page from the committed summaries (what ``tests/test_published.py`` does, so a
 page cannot drift from its data).
@@ -102,22 +102,32 @@ def auto_split(runs: Sequence[dict]) -> list[str]:
     return sorted({k for members in by.values() for k in config_diff(members)})
 
 
-def store_summaries(run_dirs: Sequence[str], page_dir: Path, page: Page) -> int:
-    """Replace the page's summaries by those of the finished runs below `run_dirs`."""
-    if not page.split:  # before duplicates are dropped: variants look like repeated seeds
-        files = {f.resolve() for p in run_dirs for f in find_results(p)}
-        found = [r for r in map(load_run, sorted(files)) if r and r.get("complete") is True]
-        page.split = auto_split(found)
-    runs = collect(run_dirs, split=page.split)
-    env = environment()
+def _finished(paths: Sequence[str | os.PathLike]) -> list[dict]:
+    """Every finished run below `paths`, duplicates included."""
+    files = {f.resolve() for p in paths for f in find_results(p)}
+    return [r for r in map(load_run, sorted(files)) if r and r.get("complete") is True]
+
+
+def store_summaries(
+    run_dirs: Sequence[str], page_dir: Path, page: Page, replace: bool = False
+) -> int:
+    """Add the finished runs below `run_dirs` to the page's summaries: a run replaces the
+    summary of the same method, variant and seed; the others stay (a sweep that finishes over
+    days is published as it goes), unless `replace` drops them all first."""
     runs_dir = page_dir / "runs"
+    old = [] if replace or not runs_dir.is_dir() else _finished([runs_dir])
+    if not page.split:  # before duplicates are dropped: variants look like repeated seeds
+        page.split = auto_split(_finished(run_dirs) + old)
+    env = environment()
+    kept = {(*group_key(r, page.split), r["seed"]): compact(r, None) for r in old}
+    for run in collect(run_dirs, split=page.split):  # one per (variant, seed): the newest
+        kept[(*group_key(run, page.split), run["seed"])] = compact(run, env)
     if runs_dir.exists():
         shutil.rmtree(runs_dir)
-    for run in runs:
-        name = run_name(run, page.split)
-        text = json.dumps(compact(run, env), indent=1, sort_keys=True) + "\n"
-        atomic_write_text(runs_dir / name / "results.json", text)
-    return len(runs)
+    for run in kept.values():
+        text = json.dumps(run, indent=1, sort_keys=True) + "\n"
+        atomic_write_text(runs_dir / run_name(run, page.split) / "results.json", text)
+    return len(kept)
 
 
 def page_runs(page_dir: Path, split: Sequence[str]) -> list[dict]:
@@ -281,11 +291,12 @@ def write_page(page_dir: Path) -> list[Path]:
 def publish(
     page_dir: str | os.PathLike,
     run_dirs: Sequence[str] = (),
+    replace: bool = False,
     **spec,
 ) -> list[Path]:
-    """Store the finished runs below `run_dirs` as the page's summaries (none: keep the
-    committed ones), update page.json with the `spec` fields given (title, about, commands,
-    order, split, pair), and write the page."""
+    """Add the finished runs below `run_dirs` to the page's summaries (`replace`: instead of
+    the committed ones; no runs: keep those), update page.json with the `spec` fields given
+    (title, about, commands, order, split, pair), and write the page."""
     page_dir = Path(page_dir)
     page = Page.load(page_dir)
     for key, value in spec.items():
@@ -294,7 +305,7 @@ def publish(
     if run_dirs:
         if not page.commands:
             page.commands = [f"python -m mcl.train -m experiment=results/{page.name}"]
-        store_summaries(run_dirs, page_dir, page)
+        store_summaries(run_dirs, page_dir, page, replace)
         page.save(page_dir)
     elif spec and any(spec.values()):
         page.save(page_dir)
