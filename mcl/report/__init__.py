@@ -3,7 +3,8 @@
 The steps, one module each: `collect` finds and loads runs (checked against `schema`),
 `aggregate` groups them and takes mean ± std over seeds, `render` writes the Markdown tables
 and CSV, `plots` the figures. Results pages (`--publish`): `summary` keeps a run's compact
-summary, `publish` writes a page from the summaries, `curves` its own figures. From Python (a notebook, the results pages)::
+summary, `publish` writes a page from the summaries, `curves` its own figures. From Python
+(a notebook, the results pages)::
 
     from mcl.report import aggregate, collect, markdown_table
     print(markdown_table(aggregate(collect(paths))))
