@@ -57,6 +57,9 @@ def test_results_files_and_schedule(first_run):
     for p in r["params"]:
         assert 0 < p["trainable"] < p["total"] / 5
     assert len(r["timings"]["train_s"]) == 3 and r["timings"]["total_s"] > 0
+    # what made these numbers: the checkout's commit, the packages, the machine
+    assert r["code_version"].startswith("git ") and r["versions"]["torch"] == torch.__version__
+    assert r["hardware"]["cores"] >= 1 and r["hardware"]["cpu"]
     # matrix.csv mirrors the matrix, missing cells empty
     rows = list(csv.reader((out / "matrix.csv").open()))
     assert rows[0][1:4] == ["color", "position", "count"]

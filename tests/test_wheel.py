@@ -96,5 +96,7 @@ def test_wheel_installs_and_runs_smoke_from_an_empty_directory(tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=empty, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     (result,) = (tmp_path / "logs").glob("synth/seq_lora/s0/*/results.json")
-    assert json.loads(result.read_text())["complete"] is True
+    result = json.loads(result.read_text())
+    assert result["complete"] is True
+    assert result["code_version"].startswith("mcl ")  # no checkout: the package's own version
     assert list(empty.iterdir()) == []  # nothing written into the working directory

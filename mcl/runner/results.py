@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from mcl.eval.report import plot_matrix, results_table, write_matrix_csv
 from mcl.utils import dist
+from mcl.utils.environment import environment
 from mcl.utils.io import atomic_write_json
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ def build_results(runner: ContinualRunner, partial: bool) -> dict:
         # training processes (DDP ranks; ddp_cpu's forked ranks train, the main evaluates)
         "processes": max(dist.world(), n_processes(runner.trainer_kwargs)),
         **runner.meta,
+        **environment(),  # package versions, code version, hardware: what made these numbers
     }
 
 
