@@ -5,7 +5,8 @@ rewrites the page from the committed summaries (what ``tests/test_published.py``
 page cannot drift from its data).
 
 What a page says besides its numbers (title, a paragraph about the runs, the commands that made
-them, row order, the config keys that keep variants apart, an optional per-seed pair, findings)
+them, row order, the config keys that keep variants apart, an optional per-seed pair, the
+papers' claims to check, findings)
 is its ``PAGE/page.json``, written on the first publish from the command line's options and
 edited by hand afterwards."""
 
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mcl.report.aggregate import aggregate, order_groups
+from mcl.report.claims import sentence as claim_sentence
 from mcl.report.collect import (
     ReportError,
     collect,
@@ -56,6 +58,8 @@ class Page:
     order: list[str] = dataclasses.field(default_factory=list)  # methods or labels, first
     split: list[str] = dataclasses.field(default_factory=list)  # config keys: separate rows
     pair: list[str] | None = None  # [baseline, method]: a per-seed comparison
+    # papers' claims checked on the runs (mcl/report/claims.py): sentences with generated numbers
+    claims: list[dict] = dataclasses.field(default_factory=list)
     findings: list[str] = dataclasses.field(default_factory=list)  # paragraphs, by hand
     readme: bool = False  # this page's table is the README's headline block
 
@@ -219,8 +223,9 @@ def markdown(page_dir: Path, page: Page | None = None) -> str:
         f"and fails on any difference). {page.about}\n\n"
         f"The runs were made by:\n\n```bash\n{commands}\n```\n\n"
     )
-    if page.findings:
-        text += "## Findings\n\n" + "\n\n".join(page.findings) + "\n\n"
+    found = [claim_sentence(c, groups, runs) for c in page.claims] + page.findings
+    if found:
+        text += "## Findings\n\n" + "\n\n".join(found) + "\n\n"
     text += (
         f"## Mean ± std over seeds ({seeds} seed{'s' if seeds > 1 else ''})\n\n"
         f"{markdown_table(groups, bold=True)}\n"
