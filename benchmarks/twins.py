@@ -67,7 +67,9 @@ def main() -> None:
         t0 = time.time()
         res = run(cfg, Path(cfg.paths.output_dir))
         wall = time.time() - t0
-        m, chance = res["matrix"], res["chance"]
+        # per task, whatever its eval sets: stage_matrix (a run with one set per task has the
+        # matrix itself there)
+        m, chance = res.get("stage_matrix") or res["matrix"], res["chance"]
         diag = ", ".join(
             f"{t} {m[i + 1][i]:.0f} ({chance[t]:.0f})" for i, t in enumerate(res["tasks"])
         )

@@ -4,6 +4,8 @@ never rot; and the committed copies carry their outputs (issue 27, item 11)."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -71,3 +73,22 @@ def test_committed_notebooks_carry_their_outputs(name):
     assert all(c.outputs for c in code[1:]), "run python notebooks/execute.py"
     assert not any(o.output_type == "error" for c in code for o in c.outputs)
     assert "../logs" not in "".join(c.source for c in code)
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_shows_each_eval_set_of_a_task(logs, tmp_path):
+    """A task evaluated on two sets: the notebook's table has a column per set and the
+    per-stage table, not the first columns under the tasks' names."""
+    src = logs / "multirun" / "2026-01-01_00-00-00" / "0_synth_seq_lora_s0"
+    run_dir = tmp_path / "two_sets"
+    shutil.copytree(src, run_dir)
+    r = json.loads((run_dir / "results.json").read_text())
+    first = r["tasks"][0]
+    r["columns"] = [{"name": f"{first}/a", "task": first, "set": "a"}]
+    r["columns"] += [{"name": f"{first}/b", "task": first, "set": "b"}]
+    r["columns"] += [{"name": t, "task": t, "set": t} for t in r["tasks"][1:]]
+    r["stage_matrix"] = [list(row) for row in r["matrix"]]
+    r["matrix"] = [[row[0], row[0], *row[1:]] for row in r["matrix"]]
+    (run_dir / "results.json").write_text(json.dumps(r))
+    text = text_of(nb_execute.execute("quickstart.ipynb", {"RUN_DIR": str(run_dir)}))
+    assert f"{first}/a" in text and f"{first}/b" in text
