@@ -199,8 +199,8 @@ def environment_section(runs: Sequence[dict]) -> str:
     lines += [f"- {name}: {'; '.join(values)}" for name, values in rows]
     lines += [
         "",
-        "(as each summary records them: the publisher's machine and checkout when the runs were",
-        "published; runs published before summaries recorded them say so.)",
+        "(as each run recorded them in its results.json; for a run made before runs recorded",
+        "them, the publisher's machine and checkout when it was published.)",
     ]
     return "\n".join(lines) + "\n"
 
