@@ -61,7 +61,7 @@ def test_the_verdict_follows_the_per_seed_differences(deltas, expect, verdict):
         target["metrics"]["last"] = base + delta
     claim = {"method": "fwd_prompt", "baseline": "seq_lora", "expect": expect, "paper": "P"}
     # "fwd_prompt" names two rows: the label picks the default-projection one
-    with pytest.raises(ReportError, match="not one row"):
+    with pytest.raises(ReportError, match="several rows"):
         check(claim, groups, runs)
     page = Page.load(PAGE)
     groups = _groups(page, runs)
@@ -91,3 +91,12 @@ def test_an_unknown_direction_is_refused():
     with pytest.raises(ReportError, match="expect='better'"):
         check({"method": LABEL, "baseline": "seq_lora", "expect": "better", "paper": "x"},
               groups, runs)  # fmt: skip
+
+
+def test_a_row_not_run_yet_is_not_measured():
+    _, runs, groups = _runs()
+    claim = {"method": "olora", "baseline": "seq_lora", "expect": "higher", "paper": "P"}
+    assert check(claim, groups, runs)["verdict"] == "not measured"
+    assert "Not measured here: no seed has both `olora` and `seq_lora`" in sentence(
+        claim, groups, runs
+    )

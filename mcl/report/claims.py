@@ -25,20 +25,25 @@ NAMES |= {"fwt": "FWT", "plasticity": "plasticity", "unseen": "unseen-task score
 EXPECT = ("higher", "lower")
 
 
-def _row(groups: Sequence[dict], name: str) -> dict:
-    """The group a claim names: by label, else the one group of that method."""
+def _row(groups: Sequence[dict], name: str) -> dict | None:
+    """The group a claim names: by label, else the one group of that method; None while the
+    page has no such runs (a sweep published as it goes)."""
     by_label = [g for g in groups if g["label"] == name]
     by_method = [g for g in groups if g["method"] == name]
     if len(by_label) == 1:
         return by_label[0]
     if len(by_method) == 1:
         return by_method[0]
-    labels = ", ".join(g["label"] for g in (by_method or groups))
-    raise ReportError(f"claim names {name!r}, which is not one row of the page; rows: {labels}")
+    if by_method:
+        labels = ", ".join(g["label"] for g in by_method)
+        raise ReportError(f"claim names {name!r}, which is several rows of the page: {labels}")
+    return None
 
 
-def _per_seed(group: dict, runs_by_dir: dict[str, dict], metric: str) -> dict[int, float]:
-    out = {}
+def _per_seed(group: dict | None, runs_by_dir: dict[str, dict], metric: str) -> dict[int, float]:
+    out: dict[int, float] = {}
+    if group is None:
+        return out
     for seed, path in zip(group["seeds"], group["runs"]):
         value = runs_by_dir[path]["metrics"].get(metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
