@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mcl.report.claims import check, sentence
+from mcl.report.claims import check, check_curve, sentence
 from mcl.report.collect import ReportError
 from mcl.report.publish import Page, _groups, markdown, page_runs
 
@@ -100,3 +100,39 @@ def test_a_row_not_run_yet_is_not_measured():
     assert "Not measured here: no seed has both `olora` and `seq_lora`" in sentence(
         claim, groups, runs
     )
+
+
+def _curve(method: str, points) -> list[dict]:
+    """Rows of one method across a swept setting: (BWT, Last) means."""
+    return [
+        {"method": method, "label": f"{method} (lam={i})",
+         "metrics": {"bwt": {"mean": b}, "last": {"mean": a}}}
+        for i, (b, a) in enumerate(points)
+    ]  # fmt: skip
+
+
+CURVE = {"kind": "curve", "method": "tir_ewc", "baseline": "ewc", "paper": "TIR trades better"}
+
+
+@pytest.mark.parametrize(
+    ("tir", "verdict", "mean"),
+    [
+        ([(-80, 22), (-60, 32), (-40, 42)], "holds", 2.0),
+        ([(-80, 18), (-60, 28), (-40, 38)], "does not hold: it lies below", -2.0),
+        ([(-80, 25), (-40, 35)], "holds in part: the curves cross", 0.0),
+    ],
+)
+def test_a_curve_claim_compares_last_at_the_same_bwt(tir, verdict, mean):
+    ewc = [(-90, 15), (-70, 25), (-50, 35), (-30, 45)]  # Last = 60 + BWT / 2
+    groups = _curve("ewc", ewc) + _curve("tir_ewc", tir)
+    c = check_curve(CURVE, groups)
+    assert c["range"] == (tir[0][0], tir[-1][0]) and c["verdict"] == verdict
+    assert c["mean"] == pytest.approx(mean)
+    assert f"**{verdict}**" in sentence(CURVE, groups, [])
+
+
+def test_a_curve_claim_without_a_common_range_is_not_measured():
+    groups = _curve("ewc", [(-90, 15), (-70, 25)]) + _curve("tir_ewc", [(-50, 30), (-30, 40)])
+    assert check_curve(CURVE, groups)["verdict"] == "no common range"
+    assert "Not measured here: no common range of BWT" in sentence(CURVE, groups, [])
+    assert check_curve(CURVE, _curve("ewc", [(-90, 15)]))["verdict"] == "not measured"

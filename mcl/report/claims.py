@@ -10,7 +10,12 @@ run summaries, so its numbers are generated like every other number on the page:
 ``method`` and ``baseline`` name a table row (its label, e.g. ``smolora (if_route=oracle_type)``,
 or its method where that names one row). The difference is taken per seed (the same seed's
 data order and initialisation for both), then summarised as mean ± std over the seeds both
-rows have."""
+rows have.
+
+A claim about a trade-off (``"kind": "curve"``) compares two methods' curves across a swept
+setting (every row of each method, e.g. one per λ): Last against BWT, each point the mean over
+its seeds. Over the BWT range both curves cover, the method's curve is interpolated against the
+baseline's at every point of either; it lies above where its Last is higher at the same BWT."""
 
 from __future__ import annotations
 
@@ -78,8 +83,72 @@ def check(claim: dict, groups: Sequence[dict], runs: Sequence[dict]) -> dict:
             "verdict": verdict}  # fmt: skip
 
 
+def _points(groups: Sequence[dict], method: str, x: str, y: str) -> list[tuple[float, float]]:
+    """A method's curve: (x, y) means of each of its rows, by x."""
+    out = []
+    for g in groups:
+        if g["method"] != method:
+            continue
+        px, py = (g["metrics"].get(k, {}).get("mean") for k in (x, y))
+        if px is not None and py is not None:
+            out.append((float(px), float(py)))
+    return sorted(out)
+
+
+def _at(points: list[tuple[float, float]], x: float) -> float:
+    """The curve's y at x (linear between its points; x within its range)."""
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[0][1]  # a one-point curve
+
+
+def check_curve(claim: dict, groups: Sequence[dict]) -> dict:
+    """Where the method's curve lies against the baseline's over their common x range."""
+    x, y = claim.get("x", "bwt"), claim.get("y", "last")
+    mine = _points(groups, claim["method"], x, y)
+    base = _points(groups, claim["baseline"], x, y)
+    out = {"points": (len(mine), len(base)), "gaps": [], "range": None}
+    if len(mine) < 2 or len(base) < 2:
+        return out | {"verdict": "not measured"}
+    lo, hi = max(mine[0][0], base[0][0]), min(mine[-1][0], base[-1][0])
+    if lo >= hi:
+        return out | {"verdict": "no common range"}
+    grid = sorted({px for px, _ in mine + base if lo <= px <= hi} | {lo, hi})
+    gaps = [_at(mine, g) - _at(base, g) for g in grid]
+    if all(gap > 0 for gap in gaps):
+        verdict = "holds"
+    elif all(gap < 0 for gap in gaps):
+        verdict = "does not hold: it lies below"
+    else:
+        verdict = "holds in part: the curves cross"
+    return out | {"gaps": gaps, "range": (lo, hi), "mean": statistics.fmean(gaps),
+                  "verdict": verdict}  # fmt: skip
+
+
+def curve_sentence(claim: dict, groups: Sequence[dict]) -> str:
+    c = check_curve(claim, groups)
+    x = NAMES.get(claim.get("x", "bwt"), claim.get("x", "bwt"))
+    y = NAMES.get(claim.get("y", "last"), claim.get("y", "last"))
+    head = f"**{claim['paper'].rstrip('.')}.**"
+    method, base = f"`{claim['method']}`", f"`{claim['baseline']}`"
+    if c["range"] is None:
+        why = "too few points" if c["verdict"] == "not measured" else "no common range of " + x
+        return f"{head} Not measured here: {why} ({c['points'][0]} and {c['points'][1]} points)."
+    lo, hi = c["range"]
+    return (
+        f"{head} Over the {x} range both curves cover ({lo:.1f} to {hi:.1f}), {method}'s "
+        f"{y}-against-{x} curve ({c['points'][0]} points) minus {base}'s ({c['points'][1]} "
+        f"points) at the same {x} is {c['mean']:+.1f} points on average (from "
+        f"{min(c['gaps']):+.1f} to {max(c['gaps']):+.1f}; each point a mean over its seeds): "
+        f"**{c['verdict']}**."
+    )
+
+
 def sentence(claim: dict, groups: Sequence[dict], runs: Sequence[dict]) -> str:
     """One sentence: the paper's claim, the measured difference and whether it holds here."""
+    if claim.get("kind", "pair") == "curve":
+        return curve_sentence(claim, groups)
     c = check(claim, groups, runs)
     metric = NAMES.get(claim.get("metric", "last"), claim.get("metric", "last"))
     expect = claim.get("expect", "higher")
