@@ -4,10 +4,10 @@ says, against a baseline, seed by seed?
 A page's ``page.json`` lists claims; the sentence each one becomes is written from the page's
 run summaries, so its numbers are generated like every other number on the page:
 
-    {"method": "smolora", "baseline": "seq_lora", "metric": "last", "expect": "higher",
-     "paper": "SMoLoRA reports a higher final accuracy than sequential LoRA on CVIT"}
+    {"method": "replay", "baseline": "seq_lora", "metric": "bwt", "expect": "higher",
+     "paper": "Rehearsal forgets less than sequential training"}
 
-``method`` and ``baseline`` name a table row (its label, e.g. ``smolora (if_route=oracle_type)``,
+``method`` and ``baseline`` name a table row (its label, e.g. ``fwd_prompt (projection=none)``,
 or its method where that names one row). The difference is taken per seed (the same seed's
 data order and initialisation for both), then summarised as mean ± std over the seeds both
 rows have.
