@@ -7,7 +7,7 @@ run summaries, so its numbers are generated like every other number on the page:
     {"method": "replay", "baseline": "seq_lora", "metric": "bwt", "expect": "higher",
      "paper": "Rehearsal forgets less than sequential training"}
 
-``method`` and ``baseline`` name a table row (its label, e.g. ``fwd_prompt (projection=none)``,
+``method`` and ``baseline`` name a table row (its label, e.g. ``my_method (lr=0.1)`` for a variant,
 or its method where that names one row). The difference is taken per seed (the same seed's
 data order and initialisation for both), then summarised as mean ± std over the seeds both
 rows have.
