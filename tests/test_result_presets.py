@@ -47,7 +47,19 @@ def test_a_preset_composes_every_job_with_three_seeds(preset):
         "synth": BASELINES,
         "cvit": BASELINES | {"smolora", "fwd_prompt"},
         "dmole": BASELINES | {"dmole"},
-        "clmm": {"seq_ft", "replay", "ewc", "mas", "tir_ewc", "tir_mas", "eproj", "joint"},
+        # seq_lora: the control for replay/ewc/mas, which are seq_lora + a plugin (seq_ft trains
+        # the whole connector, the study's baseline)
+        "clmm": {
+            "seq_ft",
+            "seq_lora",
+            "replay",
+            "ewc",
+            "mas",
+            "tir_ewc",
+            "tir_mas",
+            "eproj",
+            "joint",
+        },
         "mcl": {"seq_lora", "pathweave", "joint"},
         "lambda": {"ewc", "tir_ewc", "mas", "tir_mas"},
     }[preset]

@@ -156,10 +156,14 @@ def sentence(claim: dict, groups: Sequence[dict], runs: Sequence[dict]) -> str:
     if c["mean"] is None:
         pair = f"`{claim['method']}` and `{claim['baseline']}`"
         return f"{head} Not measured here: no seed has both {pair}."
-    spread = "" if c["std"] is None else f" ± {c['std']:.1f}"
     n = len(c["diffs"])
+    if n == 1:
+        how = "one seed only"
+    else:
+        how = f"mean ± std of the per-seed differences, n = {n}; "
+        how += f"{expect} on {c['agree']} of {n} seeds"
+    spread = "" if c["std"] is None else f" ± {c['std']:.1f}"
     return (
         f"{head} On this twin, `{claim['method']}` minus `{claim['baseline']}` on {metric} is "
-        f"{c['mean']:+.1f}{spread} points (mean ± std of the per-seed differences, n = {n}; "
-        f"{expect} on {c['agree']} of {n} seeds): **{c['verdict']}**."
+        f"{c['mean']:+.1f}{spread} points ({how}): **{c['verdict']}**."
     )
