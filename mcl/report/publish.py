@@ -233,7 +233,9 @@ def markdown(page_dir: Path, page: Page | None = None) -> str:
     if page.pair:
         text += f"## Per seed\n\n{_per_seed(runs, page.pair)}\n\n"
     text += "## Figures\n\n" + "".join(
-        f"![{alt}]({page.name}/{file})\n\n" for file, alt, _ in FIGURES
+        # "./": a page named like a top-level folder (mcl) must not read as a repository path
+        f"![{alt}](./{page.name}/{file})\n\n"
+        for file, alt, _ in FIGURES
     )
     return text + environment_section(runs)
 
