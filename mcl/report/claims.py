@@ -24,10 +24,14 @@ import statistics
 from collections.abc import Sequence
 
 from mcl.report.collect import ReportError
+from mcl.report.render import TABLE_COLUMNS
 
-NAMES = {"last": "Last", "bwt": "BWT", "maa": "MAA", "forgetting": "forgetting"}
-NAMES |= {"fwt": "FWT", "plasticity": "plasticity", "unseen": "unseen-task score"}
+NAMES = {key: header for header, key in TABLE_COLUMNS}  # a metric as the tables head it
 EXPECT = ("higher", "lower")
+
+
+def _name(key: str) -> str:
+    return NAMES.get(key, key)  # an extra score (e.g. MIF) is headed by its key
 
 
 def _row(groups: Sequence[dict], name: str) -> dict | None:
@@ -128,8 +132,7 @@ def check_curve(claim: dict, groups: Sequence[dict]) -> dict:
 
 def curve_sentence(claim: dict, groups: Sequence[dict]) -> str:
     c = check_curve(claim, groups)
-    x = NAMES.get(claim.get("x", "bwt"), claim.get("x", "bwt"))
-    y = NAMES.get(claim.get("y", "last"), claim.get("y", "last"))
+    x, y = _name(claim.get("x", "bwt")), _name(claim.get("y", "last"))
     head = f"**{claim['paper'].rstrip('.')}.**"
     method, base = f"`{claim['method']}`", f"`{claim['baseline']}`"
     if c["range"] is None:
@@ -150,7 +153,7 @@ def sentence(claim: dict, groups: Sequence[dict], runs: Sequence[dict]) -> str:
     if claim.get("kind", "pair") == "curve":
         return curve_sentence(claim, groups)
     c = check(claim, groups, runs)
-    metric = NAMES.get(claim.get("metric", "last"), claim.get("metric", "last"))
+    metric = _name(claim.get("metric", "last"))
     expect = claim.get("expect", "higher")
     head = f"**{claim['paper'].rstrip('.')}.**"
     if c["mean"] is None:

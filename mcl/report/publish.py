@@ -33,7 +33,8 @@ from mcl.report.collect import (
 from mcl.report.curves import plot_forgetting, plot_tradeoff
 from mcl.report.plots import plot_matrices, plot_metrics
 from mcl.report.render import markdown_table
-from mcl.report.summary import compact, environment
+from mcl.report.summary import compact
+from mcl.utils.environment import environment
 from mcl.utils.io import atomic_write_text
 
 PAGE_FILE = "page.json"

@@ -1,14 +1,12 @@
 """Compact run summaries: what a results page keeps of a finished run (committed beside the
-page, so the page can be regenerated from them alone), and where the code, packages and
-hardware that made the runs are recorded.
+page, so the page can be regenerated from them alone), with the code, packages and hardware
+that made each run (its own record, from ``mcl.utils.environment``).
 
 A summary keeps the config, the matrices (with their column lists), the metrics, method_info
 and the few run facts the tables show (trainable parameters, time, data faults); it drops the
 per-sample scores, per-stage logs and everything a checkpoint or prediction file holds."""
 
 from __future__ import annotations
-
-from mcl.utils.environment import environment
 
 # results.json fields a summary keeps (anything else a run writes is dropped)
 KEEP = (
@@ -48,6 +46,3 @@ def compact(run: dict, env: dict | None) -> dict:
     for key in ENVIRONMENT:
         out[key] = run.get(key, (env or {}).get(key))
     return out
-
-
-__all__ = ["KEEP", "ENVIRONMENT", "compact", "environment"]

@@ -78,5 +78,6 @@ def hardware() -> dict:
 
 @functools.cache
 def environment() -> dict:
-    """What `compact` records for runs published from this machine and checkout."""
+    """This process's versions, code version and hardware (found once: the runner writes them
+    into every results.json, the publisher into summaries of runs that lack them)."""
     return {"versions": package_versions(), "code_version": code_version(), "hardware": hardware()}
