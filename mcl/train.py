@@ -400,6 +400,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             finally:
                 if "wandb" in sys.modules:  # one W&B run per job, also in multirun sweeps
                     sys.modules["wandb"].finish()
+            from mcl.utils import dist
+
+            dist.leave()  # ranks that outlive fit (popen, srun) exit together
         print(runner.summary(results))
         print(f"[mcl] results in {runner.out}")
     finally:

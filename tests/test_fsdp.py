@@ -115,6 +115,24 @@ def test_fsdp_with_ranks_that_outlive_fit_like_on_gpus(tmp_path):
         _assert_same(_adapters(out, t), _adapters(Path(cfg.paths.output_dir), t))
 
 
+def test_a_run_leaves_its_process_group_on_every_rank(tmp_path):
+    """Ranks that outlive fit exit together: a run ends with a barrier and destroys its process
+    group. Left alive, rank 0 (the group's store) could exit while rank 1 tore its group down;
+    rank 1 then died in C++ and Lightning's launcher SIGKILLed the finished run (seen in CI)."""
+    import torch.distributed as dist
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29531")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        cfg = compose_cfg(tmp_path, [*BASE, "method=seq_lora"])
+        assert run(cfg, Path(cfg.paths.output_dir))["complete"]
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_fsdp_cpu_with_a_parameter_penalty(tmp_path):
     """Inside FSDP's step every view of a flat parameter that holds a trainable tensor reports
     requires_grad=True, frozen base weights included: the penalty must read the trainable set

@@ -71,3 +71,14 @@ def sync_state(state: dict[str, torch.Tensor], what: str) -> dict[str, torch.Ten
         dist.broadcast(t, src=0)
         out[k] = t.to(state[k].device)
     return out
+
+
+def leave() -> None:
+    """Every rank leaves the process group together at the end of a run: a barrier, then the
+    group is destroyed. Without it rank 0 (which hosts the group's store) can exit while another
+    rank still tears its group down; that rank then dies in C++ ("terminate called without an
+    active exception") and Lightning's launcher SIGKILLs the whole run, results already written."""
+    if not initialized():
+        return
+    dist.barrier()
+    dist.destroy_process_group()
