@@ -88,14 +88,31 @@ def test_mcl_runs_pathweave_with_both_base_modalities():
     assert {tuple(c.method.base_modalities) for c in configs} == {(), ("image",)}
 
 
-def test_the_lambda_sweep_spans_100x_for_each_regulariser():
+def _lam_free(c) -> dict:
+    """A job's config without its seed, its λ and the preset that named it."""
+    d = OmegaConf.to_container(c, resolve=False)
+    d.pop("seed"), d.pop("experiment", None)
+    d["method"]["plugins"][c.method.name].pop("lam")
+    return d
+
+
+def test_the_lambda_page_spans_100x_for_each_regulariser_with_the_clmm_runs():
+    """The λ page's points: the lambda preset's runs plus the clmm page's runs of the same four
+    methods at their default λ, which must be the same config but for λ."""
+    sweep = _compose_all("lambda")
+    default = [
+        c for c in _compose_all("clmm") if c.method.name in ("ewc", "tir_ewc", "mas", "tir_mas")
+    ]
     by_method: dict[str, set[float]] = {}
-    for c in _compose_all("lambda"):
+    for c in sweep + default:
         name = c.method.name
         by_method.setdefault(name, set()).add(float(c.method.plugins[name].lam))
     assert set(by_method) == {"ewc", "tir_ewc", "mas", "tir_mas"}
     for lams in by_method.values():
         assert len(lams) >= 4 and max(lams) / min(lams) >= 100
+    for c in default:
+        twin = next(s for s in sweep if s.method.name == c.method.name and s.seed == c.seed)
+        assert _lam_free(c) == _lam_free(twin), c.method.name
 
 
 def test_the_training_command_line_accepts_a_preset_and_one_of_its_jobs():

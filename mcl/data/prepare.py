@@ -31,7 +31,16 @@ import sys
 from pathlib import Path
 
 from mcl.config import CONF_DIR
-from mcl.data.convert import SPLITS, OneLineParser, UserError, convert, format_summary, load_bench
+from mcl.data.convert import (
+    SPLITS,
+    OneLineParser,
+    UserError,
+    convert,
+    format_summary,
+    load_bench,
+    problem_counts,
+    read_input,
+)
 
 SPLIT_KEYS = ("file", "format", "images", "answers", "refs", "kind", "prompt")
 ROOT_KEYS = ("file", "images", "answers", "refs")  # paths, relative to --root
@@ -94,6 +103,25 @@ def plan(
     return cfg, jobs
 
 
+def check_test_files(jobs: list[dict]) -> None:
+    """Read every test file (annotations only, no images) before any split is converted: a test
+    record the reader cannot use stops the whole preparation with its one-line problem, before
+    hours of conversion rather than after."""
+    for job in jobs:
+        if job["split"] != "test":
+            continue
+        records, problems = read_input(
+            job["format"],
+            Path(job["file"]),
+            Path(job["answers"]) if job.get("answers") else None,
+            Path(job["refs"]) if job.get("refs") else None,
+            job.get("kind"),
+            job.get("prompt"),
+        )
+        if problems:
+            raise UserError(f"{problems[0]} ({problem_counts(problems, len(records))})")
+
+
 def prepare(
     bench: str,
     root: str | Path,
@@ -110,6 +138,7 @@ def prepare(
     if prepare_xmodal.handles(load_bench(bench, conf_dir)):
         return prepare_xmodal.prepare(bench, root, out, tasks, images, limit, progress, conf_dir)
     _, jobs = plan(bench, root, tasks, images, conf_dir)
+    check_test_files(jobs)
     summaries = []
     for job in jobs:
         summaries.append(
