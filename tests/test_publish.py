@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mcl.report.aggregate import short_number
 from mcl.report.cli import main
 from mcl.report.publish import FIGURES, Page, auto_split, markdown
 from mcl.report.summary import KEEP
@@ -25,7 +26,7 @@ def _sweep(tmp_path: Path, lam: bool = False) -> Path:
         run = json.loads(path.read_text())
         run |= {"if_scores": [[1.0]], "per_stage": [{"x": 1}], "host": {"hostname": "vm"}}
         if lam and run["method"] == "fwd_prompt":
-            run["config"]["method"]["projection"] = 10.0 if "none" in path.parent.name else 1000.0
+            run["config"]["method"]["projection"] = 1e6 if "none" in path.parent.name else 1e4
         for key in ("versions", "code_version", "hardware"):
             run.pop(key, None)
         job = sweep / f"{i}_{path.parent.name}"
@@ -73,8 +74,21 @@ def test_a_numeric_setting_draws_a_tradeoff_curve(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     page = _page(tmp_path)
     assert main([str(_sweep(tmp_path, lam=True)), "--publish", str(page)]) == 0
-    assert "fwd_prompt (projection=10.0)" in (page.parent / "demo.md").read_text()
+    text = (page.parent / "demo.md").read_text()
+    # rows by the setting (the higher Last is the larger one here), labelled compactly
+    assert 0 < text.index("fwd_prompt (projection=1e4)") < text.index("(projection=1e6)")
+    assert "1000000.0" not in text
     assert (page / "tradeoff.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "value,text",
+    [(1e4, "1e4"), (3e5, "3e5"), (1000000.0, "1e6"), (2.5e-4, "2.5e-4"), (0.01, "0.01"),
+     (100.0, "100"), (5, "5"), (0, "0"), (True, "True"), ("none", "none"),
+     (["image"], "['image']")],
+)  # fmt: skip
+def test_a_setting_shows_compactly_in_labels(value, text):
+    assert short_number(value) == text
 
 
 def test_auto_split_finds_nothing_when_one_config_per_method():

@@ -74,7 +74,7 @@ def _group(runs: list[dict], split: Sequence[str] = ()) -> dict:
     label = first["method"]
     shown = [(k.rsplit(".", 1)[-1], json.loads(v)) for k, v in zip(split, values) if v != "null"]
     if shown:  # keys a run does not have (another method's options) are left out
-        label += " (" + ", ".join(f"{k}={v}" for k, v in shown) + ")"
+        label += " (" + ", ".join(f"{k}={short_number(v)}" for k, v in shown) + ")"
     if diff:
         warn(
             f"{first['bench']}/{first['method']} averages runs whose configs differ in "
@@ -157,11 +157,43 @@ def variant_key(group: dict) -> tuple:
     )
 
 
+def short_number(v) -> str:
+    """A setting as a label shows it: large and small numbers as ``1e4``, ``3e5``, ``2.5e-4``
+    (a penalty weight reads better so than ``1000000.0``), others as they print."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
+        mantissa, exponent = f"{v:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{v:g}"
+
+
+def setting(g: dict) -> float | None:
+    """The numeric value of the group's split setting (one shown in its label), if any."""
+    values = [json.loads(v) for v in g.get("split_values", ()) if v != "null"]
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return float(numbers[0]) if len(numbers) == 1 else None
+
+
+def _by_setting(groups: list[dict]) -> list[dict]:
+    """Each method whose groups all have a numeric setting (a sweep) lists them by that
+    setting, in the places its groups already hold."""
+    out = list(groups)
+    for method in dict.fromkeys(g["method"] for g in groups):
+        slots = [i for i, g in enumerate(out) if g["method"] == method]
+        members = [out[i] for i in slots]
+        if len(members) > 1 and all(setting(g) is not None for g in members):
+            for i, g in zip(slots, sorted(members, key=setting)):
+                out[i] = g
+    return out
+
+
 def order_groups(
     groups: Sequence[dict], sort: str = "last", order: Sequence[str] | None = None
 ) -> list[dict]:
     """Groups by table (variant_key), then best `sort` value first (lowest for forgetting,
-    params and time; undefined last); methods named in `order` (method or label) lead, in order.
+    params and time; undefined last); methods named in `order` (method or label) lead, in order;
+    a method swept over one numeric setting lists its groups by that setting.
     """
 
     def rank(g: dict) -> tuple:
@@ -176,7 +208,7 @@ def order_groups(
         last = len(position)
         ranked.sort(key=lambda g: position.get(g["label"], position.get(g["method"], last)))
     # sections stay together (stable sort), so the table, CSV and figures list groups alike
-    return sorted(ranked, key=variant_key)
+    return sorted(_by_setting(ranked), key=variant_key)
 
 
 def extras_of(groups: Sequence[dict]) -> list[str]:

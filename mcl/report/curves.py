@@ -5,11 +5,11 @@ and dpi, no metadata."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
 
+from mcl.report.aggregate import setting, short_number
 from mcl.report.plots import png_bytes
 from mcl.utils.io import atomic_write_bytes
 
@@ -18,13 +18,6 @@ def _mean_std(g: dict, key: str) -> tuple[float, float]:
     s = g["metrics"][key]
     mean = math.nan if s["mean"] is None else s["mean"]
     return mean, 0.0 if s["std"] is None else s["std"]
-
-
-def _setting(g: dict) -> float | None:
-    """The numeric value of the group's split setting (one shown in its label), if any."""
-    values = [json.loads(v) for v in g.get("split_values", ()) if v != "null"]
-    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return float(numbers[0]) if len(numbers) == 1 else None
 
 
 def plot_tradeoff(path: str | os.PathLike, groups: Sequence[dict]) -> None:
@@ -42,9 +35,9 @@ def plot_tradeoff(path: str | os.PathLike, groups: Sequence[dict]) -> None:
     curves = False
     for method in methods:
         members = [g for g in groups if g["method"] == method]
-        swept = [g for g in members if _setting(g) is not None]
+        swept = [g for g in members if setting(g) is not None]
         if len(swept) > 1:
-            swept.sort(key=_setting)
+            swept.sort(key=setting)
             xs = [_mean_std(g, "bwt")[0] for g in swept]
             ys = [_mean_std(g, "last")[0] for g in swept]
             ax.plot(xs, ys, "-", color=colors[method], linewidth=1, label=method)
@@ -55,7 +48,7 @@ def plot_tradeoff(path: str | os.PathLike, groups: Sequence[dict]) -> None:
             ax.errorbar(
                 x, y, xerr=xerr, yerr=yerr, fmt="o", color=colors[method], mfc=face, capsize=3
             )
-            text = f"{_setting(g):g}" if len(swept) > 1 and g in swept else g["label"]
+            text = short_number(setting(g)) if len(swept) > 1 and g in swept else g["label"]
             ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.axvline(0, color="black", linewidth=0.6)
     ax.set_xlabel("BWT (higher: less forgetting)")

@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from mcl.report.aggregate import aggregate, order_groups
+from mcl.report.aggregate import aggregate, order_groups, short_number
 from mcl.report.claims import sentence as claim_sentence
 from mcl.report.collect import (
     ReportError,
@@ -94,7 +94,7 @@ def _cell(value) -> str:
 def run_name(run: dict, split: Sequence[str]) -> str:
     """A summary's folder: the method, its split values where set, the seed."""
     flat = {k: json.loads(v) for k, v in zip(split, split_values(run, split)) if v != "null"}
-    parts = [run["method"], *(str(v).replace("/", "-") for v in flat.values())]
+    parts = [run["method"], *(short_number(v).replace("/", "-") for v in flat.values())]
     return "_".join(p.replace(" ", "") for p in parts) + f"_s{run['seed']}"
 
 
