@@ -91,7 +91,8 @@ def test_mcl_runs_pathweave_with_both_base_modalities():
 def _lam_free(c) -> dict:
     """A job's config without its seed, its λ and the preset that named it."""
     d = OmegaConf.to_container(c, resolve=False)
-    d.pop("seed"), d.pop("experiment", None)
+    d.pop("seed")
+    d.pop("experiment", None)
     d["method"]["plugins"][c.method.name].pop("lam")
     return d
 

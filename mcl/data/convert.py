@@ -504,6 +504,12 @@ def problem_counts(problems: list[Problem], usable: int) -> str:
     return f"{len(problems)} of {len(problems) + usable} records: {detail}"
 
 
+def refuse_problems(problems: list[Problem], usable: int) -> None:
+    """A test split must be whole: its first unusable record, with the counts, stops the work."""
+    if problems:
+        raise UserError(f"{problems[0]} ({problem_counts(problems, usable)})")
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -637,8 +643,8 @@ def convert(
         kind,
         prompt,
     )
-    if strict and problems:
-        raise UserError(f"{problems[0]} ({problem_counts(problems, len(records))})")
+    if strict:
+        refuse_problems(problems, len(records))
     if not records and not problems:
         raise UserError(f"{json_path} holds no records")
     if limit is not None:

@@ -38,8 +38,8 @@ from mcl.data.convert import (
     convert,
     format_summary,
     load_bench,
-    problem_counts,
     read_input,
+    refuse_problems,
 )
 
 SPLIT_KEYS = ("file", "format", "images", "answers", "refs", "kind", "prompt")
@@ -118,8 +118,7 @@ def check_test_files(jobs: list[dict]) -> None:
             job.get("kind"),
             job.get("prompt"),
         )
-        if problems:
-            raise UserError(f"{problems[0]} ({problem_counts(problems, len(records))})")
+        refuse_problems(problems, len(records))
 
 
 def prepare(

@@ -48,8 +48,8 @@ from mcl.data.convert import (
     _task_entry,
     convert,
     load_bench,
-    problem_counts,
     publish_shards,
+    refuse_problems,
     update_bench_json,
 )
 from mcl.data.readers import audio, depth, points, video, xmodal
@@ -167,8 +167,8 @@ def convert_job(cfg: dict, job: dict, out: Path, limit: int | None, progress: bo
     except (ReadError, ValueError) as e:
         raise UserError(f"{cfg['name']}/{task} {split}: {e}") from None
     records, problems = split_items(items)
-    if split != "train" and problems:
-        raise UserError(f"{problems[0]} ({problem_counts(problems, len(records))})")
+    if split != "train":
+        refuse_problems(problems, len(records))
     if limit is not None:
         records = records[:limit]
     skips = Skips()
