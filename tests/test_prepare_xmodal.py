@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from mcl.data.convert import load_bench
+from mcl.data.convert import UserError, load_bench
 from mcl.data.prepare import prepare
 from mcl.data.prepare_xmodal import DEFAULT_MEDIA
 from mcl.data.readers import audio, depth, video
@@ -266,6 +266,24 @@ def test_cli_stops_in_one_line_when_a_file_is_absent(tmp_path):
     assert p.returncode == 2 and "test.csv not found" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "bench.json").exists()
+
+
+def test_a_bad_record_in_the_last_eval_set_stops_before_anything_is_written(tmp_path):
+    """The last task's last eval set lacks an answer: the preparation stops in one line naming
+    it before the earlier tasks' shards are written (not after hours of conversion)."""
+    root, out = write_release(tmp_path / "release"), tmp_path / "mcl"
+    ann = root / "Cap3D/annotations/CAP3DQA_final_val.csv"
+    with open(ann, newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[1]["answer"] = ""
+    with open(ann, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(UserError, match="answer") as e:
+        prepare("mcl", root, out, progress=False)
+    assert "\n" not in str(e.value)
+    assert not out.exists() or not list(out.rglob("*.tar"))
 
 
 @pytest.mark.slow

@@ -28,7 +28,8 @@ Output, as ``mcl.data.convert``: ``<out>/<task>/{train,test}-%06d.tar``, each ev
 (a truncated mp4, an empty wav) skips its sample, counted by reason (``missing_<modality>``,
 ``unreadable_<modality>``, ``path_escape``); an annotation record the reader cannot use stops a
 test split or eval set (a test set silently missing questions is not the benchmark), as in
-``mcl.data.convert``.
+``mcl.data.convert``. Every test file and eval set is read before anything is written, so that
+stop costs one line, not the earlier tasks' conversion.
 """
 
 from __future__ import annotations
@@ -149,10 +150,8 @@ class Skips:
             e["examples"].append(example)
 
 
-def convert_job(cfg: dict, job: dict, out: Path, limit: int | None, progress: bool) -> dict:
-    """Write one split or eval set's shards and summary; update ``bench.json``."""
-    task, split, modality = job["task"], job["split"], job["modality"]
-    info = {**cfg["task_info"][task], **job.get("set", {})}
+def read_job(cfg: dict, job: dict) -> tuple[list, list]:
+    """One split or eval set's annotation records and the problems of those it cannot use."""
     try:
         items = list(
             xmodal.read(
@@ -161,12 +160,28 @@ def convert_job(cfg: dict, job: dict, out: Path, limit: int | None, progress: bo
                 kind=job["kind"],
                 prompt=job.get("prompt"),
                 rename=job.get("rename"),
-                merge=split != "train" and job["kind"] == "caption",
+                merge=job["split"] != "train" and job["kind"] == "caption",
             )
         )
     except (ReadError, ValueError) as e:
-        raise UserError(f"{cfg['name']}/{task} {split}: {e}") from None
-    records, problems = split_items(items)
+        raise UserError(f"{cfg['name']}/{job['task']} {job['split']}: {e}") from None
+    return split_items(items)
+
+
+def check_test_files(cfg: dict, jobs: list[dict]) -> None:
+    """Read every test split's and eval set's annotations (no media) before anything is
+    written: a record the reader cannot use stops the whole preparation in one line."""
+    for job in jobs:
+        if job["split"] != "train":
+            records, problems = read_job(cfg, job)
+            refuse_problems(problems, len(records))
+
+
+def convert_job(cfg: dict, job: dict, out: Path, limit: int | None, progress: bool) -> dict:
+    """Write one split or eval set's shards and summary; update ``bench.json``."""
+    task, split, modality = job["task"], job["split"], job["modality"]
+    info = {**cfg["task_info"][task], **job.get("set", {})}
+    records, problems = read_job(cfg, job)
     if split != "train":
         refuse_problems(problems, len(records))
     if limit is not None:
@@ -271,7 +286,7 @@ def prepare(
     conf_dir: Path = CONF_DIR,
 ) -> list[dict]:
     """Every chosen task: image tasks through ``mcl.data.prepare``'s jobs, the others here.
-    All files are checked before anything is written."""
+    All files are checked to exist, and every test file is read, before anything is written."""
     from mcl.data import prepare as image_prepare
 
     cfg = load_bench(bench, conf_dir)
@@ -288,6 +303,9 @@ def prepare(
     pictures = [t for t in chosen if cfg["task_info"][t]["modality"] == "image"]
     image_jobs = image_prepare.plan(bench, root, pictures, images, conf_dir)[1] if pictures else []
     jobs = {t: plan(cfg, root, t) for t in chosen if t not in pictures}
+    image_prepare.check_test_files(image_jobs)
+    for task_jobs in jobs.values():
+        check_test_files(cfg, task_jobs)
     summaries = []
     for task in chosen:
         if task in jobs:
