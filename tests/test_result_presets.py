@@ -77,6 +77,14 @@ def test_cvit_runs_smolora_in_both_routings_and_both_instruction_settings():
     assert len(configs) == 4 * 3
 
 
+def test_cvit_runs_sequential_lora_in_each_of_smolora_instruction_settings():
+    """SMoLoRA's claims compare it with sequential LoRA trained on the same instructions."""
+    configs = [c for c in _compose_all("cvit") if c.method.name == "seq_lora"]
+    assert (
+        sorted(c.bench.synthetic.instructions or 0 for c in configs) == [0] * 3 + [1] * 3 + [5] * 3
+    )
+
+
 def test_dmole_runs_both_ablations():
     configs = [c for c in _compose_all("dmole") if c.method.name == "dmole"]
     settings = {(c.method.allocator, c.method.curriculum) for c in configs}
