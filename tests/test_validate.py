@@ -31,6 +31,13 @@ def _mcl(tmp: Path, *args: str, timeout: int = 120) -> tuple[subprocess.Complete
     return p, time.time() - t0
 
 
+def _no_work(tmp: Path) -> None:
+    """Refused before any work: no run or sweep directory, nothing built into the cache (a
+    check on what was done, not a wall-clock bound, which flakes on a loaded machine)."""
+    assert not (tmp / "logs").exists()
+    assert not (tmp / "cache").exists() or not any((tmp / "cache").iterdir())
+
+
 def _one_error_line(p: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, p.stderr[-3000:]
@@ -60,31 +67,30 @@ BAD = {
 
 
 @pytest.mark.parametrize("arg", list(BAD))
-def test_a_bad_value_is_one_line_exit_2_fast_and_leaves_no_run_dir(tmp_path, arg):
-    p, took = _mcl(tmp_path, "experiment=smoke", arg)
+def test_a_bad_value_is_one_line_exit_2_before_any_work(tmp_path, arg):
+    p, _ = _mcl(tmp_path, "experiment=smoke", arg)
     assert p.returncode == 2, p.stderr[-2000:]
     line = _one_error_line(p)
     for part in BAD[arg]:
         assert part in line, line
-    assert took < 10, took
-    assert not (tmp_path / "logs").exists()  # Hydra never started
+    _no_work(tmp_path)  # Hydra never started
 
 
 def test_the_issue_command_line(tmp_path):
     """``python -m mcl.train experiment=smoke train.steps=-1``, exactly."""
-    p, took = _mcl(tmp_path, "experiment=smoke", "train.steps=-1")
-    assert p.returncode == 2 and took < 10
+    p, _ = _mcl(tmp_path, "experiment=smoke", "train.steps=-1")
+    assert p.returncode == 2
     assert _one_error_line(p) == (
         "error: train.steps=-1: expected an integer >= 1 (optimizer steps per task), or null"
     )
-    assert not (tmp_path / "logs").exists()
+    _no_work(tmp_path)
 
 
 def test_a_sweep_checks_every_value_before_the_first_job(tmp_path):
-    p, took = _mcl(tmp_path, "-m", "experiment=smoke", "seed=0,1,-2", "train.steps=1")
-    assert p.returncode == 2 and took < 10
+    p, _ = _mcl(tmp_path, "-m", "experiment=smoke", "seed=0,1,-2", "train.steps=1")
+    assert p.returncode == 2
     assert "seed=-2" in _one_error_line(p)
-    assert not (tmp_path / "logs").exists()  # no sweep directory either
+    _no_work(tmp_path)  # no sweep directory either
 
 
 def test_a_missing_gpu_is_one_line(tmp_path):
@@ -92,19 +98,20 @@ def test_a_missing_gpu_is_one_line(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    p, took = _mcl(tmp_path, "hardware=gpu")
-    assert p.returncode == 2 and took < 10
+    p, _ = _mcl(tmp_path, "hardware=gpu")
+    assert p.returncode == 2
     line = _one_error_line(p)
     assert "hardware.accelerator=gpu: no CUDA GPU" in line and "hardware=cpu" in line
-    assert not (tmp_path / "logs").exists()
+    _no_work(tmp_path)
 
 
 def test_a_read_only_log_directory_is_one_line(tmp_path, monkeypatch):
     ro = _read_only_dir(tmp_path)
-    p, took = _mcl(tmp_path, f"paths.log_dir={ro}/logs")
-    assert p.returncode == 2 and took < 10
+    p, _ = _mcl(tmp_path, f"paths.log_dir={ro}/logs")
+    assert p.returncode == 2
     line = _one_error_line(p)
     assert f"paths.log_dir={ro}/logs: not writable" in line and "MCL_LOGS" in line
+    _no_work(tmp_path)
 
 
 def _read_only_dir(tmp_path: Path) -> Path:
@@ -154,10 +161,11 @@ def test_a_malformed_bench_json_is_one_line(tmp_path, text, expect):
     root = tmp_path / "bench"
     root.mkdir()
     (root / "bench.json").write_text(text)
-    p, took = _mcl(tmp_path, "bench=coin", f"bench.root={root}", "bench.source=real")
-    assert p.returncode == 2 and took < 10
+    p, _ = _mcl(tmp_path, "bench=coin", f"bench.root={root}", "bench.source=real")
+    assert p.returncode == 2
     line = _one_error_line(p)
     assert f"bench.root={root}" in line and expect in line, line
+    _no_work(tmp_path)
 
 
 def test_a_local_model_path_that_does_not_exist(tmp_path):
@@ -175,9 +183,10 @@ def test_a_local_model_path_that_does_not_exist(tmp_path):
     ],
 )
 def test_task_names_are_checked_against_the_benchmark(tmp_path, arg, expect):
-    p, took = _mcl(tmp_path, "experiment=smoke", arg)
-    assert p.returncode == 2 and took < 10
+    p, _ = _mcl(tmp_path, "experiment=smoke", arg)
+    assert p.returncode == 2
     assert expect in _one_error_line(p)
+    _no_work(tmp_path)
 
 
 @pytest.mark.slow
