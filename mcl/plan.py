@@ -38,8 +38,12 @@ Memory model (bytes; N devices; Pt trainable parameters)
           two RMSNorms keep their fp32 input (2 x 4h); attention keeps q, k, v (KV heads
           expanded) and its output (4 x 2h); the MLP keeps gate, SiLU(gate) and up (3 x 2i).
           Frozen linears keep nothing (their weight is all their backward needs).
-      adapters: 2 x in_features bytes per token for every adapted linear that trains (its
-          bf16 copy of the input, kept for its weight gradient); rank-r tensors ignored.
+      adapters: for every adapted linear that trains, 2 x in_features bytes per token (a
+          LoRA's bf16 copy of its input, kept for its weight gradient; rank-r tensors
+          ignored), or the adapter's own account (``saved_bytes``): SMoLoRA's two running
+          experts each keep a copy of the input, a dropout mask and a full-width output for
+          the fusion, 6 in + 4 out bytes per token; MoELoRA's router and experts read two
+          copies of the input, 4 in + 6 r.
       vision layer: 16 h + m i, m = 6 (SwiGLU, Qwen2.5-VL), 4 (quick-GELU: CLIP, Qwen2-VL),
           2 (GELU: InternViT); counted only when something in the tower trains.
       head (vocabulary V): 4h (final norm) + 4V (fp32 log-softmax kept by the loss) + 2V
@@ -402,8 +406,10 @@ def _where(mllm) -> dict:
     return out
 
 
-def _activation_layout(train_names: list[str], where: dict) -> dict:
-    """Where training starts in each stack and the adapter bytes per token per layer."""
+def _activation_layout(train_names: list[str], where: dict, mask_bytes: int = 1) -> dict:
+    """Where training starts in each stack and the adapter bytes per token (and per sample)
+    per layer. ``mask_bytes``: a dropout mask's bytes per element, 1 on CUDA (a bool mask);
+    the CPU's dropout keeps a float one (4)."""
     prefix = "mllm.model."
     first = {"lm": None, "vision": None}
     upstream = {"lm": False, "vision": False}
@@ -427,21 +433,38 @@ def _activation_layout(train_names: list[str], where: dict) -> dict:
     if upstream["lm"] or first["vision"] is not None:
         first["lm"] = 0
     adapters: dict[str, dict[int, int]] = {"lm": {}, "vision": {}}
+    per_sample: dict[str, dict[int, int]] = {"lm": {}, "vision": {}}
     for n, m in where["adapters"].items():
         if not any(p.requires_grad for p in m.parameters()):
             continue
-        width = _in_features(m)
+        saved = _adapter_bytes(m, mask_bytes)
         for part, (stack, _) in layers.items():
-            if width and n.startswith(stack + "."):
+            if saved and n.startswith(stack + "."):
                 idx = int(n[len(stack) + 1 :].split(".")[0])
-                adapters[part][idx] = adapters[part].get(idx, 0) + 2 * width
+                adapters[part][idx] = adapters[part].get(idx, 0) + saved[0]
+                per_sample[part][idx] = per_sample[part].get(idx, 0) + saved[1]
     return {
         "trains": bool(train_names),
         "lm_first": first["lm"],
         "vision_first": first["vision"],
         "lm_adapters": adapters["lm"],
         "vision_adapters": adapters["vision"],
+        "lm_adapters_sample": per_sample["lm"],
+        "vision_adapters_sample": per_sample["vision"],
     }
+
+
+def _adapter_bytes(m: torch.nn.Module, mask_bytes: int) -> tuple[int, int] | None:
+    """(per token, per sample) bytes autograd keeps for one adapted linear that trains: the
+    adapter's own account where it gives one (``saved_bytes(tokens, mask_bytes)``: SMoLoRA's
+    and MoELoRA's layers, whose experts keep more than a LoRA does), else a LoRA's bf16 copy
+    of its input, 2 x in_features per token."""
+    own = getattr(m, "saved_bytes", None)
+    if callable(own):
+        fixed = own(0, mask_bytes)
+        return own(1, mask_bytes) - fixed, fixed
+    width = _in_features(m)
+    return (2 * width, 0) if width else None
 
 
 def _part_prefix(mllm, part: str) -> list[str]:
@@ -477,10 +500,13 @@ def activation_bytes(
             continue
         active = n_layers - first
         adapters = act[f"{part}_adapters"]
-        if checkpointing:
-            total += tokens * (active * 2 * hidden + per_layer + max(adapters.values(), default=0))
+        fixed = act.get(f"{part}_adapters_sample", {})
+        if checkpointing:  # one layer's adapters at a time
+            one = max((tokens * adapters[i] + fixed.get(i, 0) for i in adapters), default=0)
+            total += tokens * (active * 2 * hidden + per_layer) + one
         else:
             total += tokens * (active * per_layer + sum(adapters.values()))
+            total += sum(fixed.values())
     return total
 
 

@@ -33,6 +33,15 @@ class MoELoRALinear(nn.Module):
         self.lora_router.to(device)
         self.last_weights: torch.Tensor | None = None  # the latest routing, for inspection
 
+    def saved_bytes(self, tokens: int, mask_bytes: int = 1) -> int:
+        """Bytes autograd keeps for one sample of ``tokens`` tokens under bf16 autocast
+        (``mcl.plan``): bf16 copies of the input for the router and for A (each cast
+        separately), the dropout mask if any (``mask_bytes`` per element), the routing weights,
+        and three rank-wide tensors (A's product, the gate, their product for B)."""
+        d_in, r = self.base.in_features, self.rank * self.experts
+        mask = mask_bytes * d_in if isinstance(self.dropout, nn.Dropout) else 0
+        return tokens * (2 * d_in + 2 * d_in + mask + 2 * self.experts + 3 * 2 * r)
+
     def route(self, x: torch.Tensor) -> torch.Tensor:
         """Per-token expert weights, shape ``x.shape[:-1] + (experts,)``, summing to 1."""
         return torch.softmax(self.lora_router(x), dim=-1)

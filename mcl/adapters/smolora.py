@@ -85,6 +85,19 @@ class SMoLoRALinear(nn.Module):
         b = self.lora_B.T[rows]  # (B, rank, d_out)
         return self.scaling * torch.bmm(torch.bmm(x, a.transpose(1, 2)), b)
 
+    def saved_bytes(self, tokens: int, mask_bytes: int = 1) -> int:
+        """Bytes autograd keeps for one sample of ``tokens`` tokens under bf16 autocast
+        (``mcl.plan``). Each of the two experts that run keeps a bf16 copy of its (dropped-out)
+        input for A, the dropout mask (``mask_bytes`` per element: 1 on CUDA, a float on the
+        CPU), its rank-wide product for B, and its full-width output, which the fusion weighs;
+        per sample, each expert's gathered A and B blocks. The full-width outputs are why
+        SMoLoRA holds several times the activations of a LoRA of the same rank."""
+        d_in, d_out = self.base.in_features, self.base.out_features
+        mask = mask_bytes * d_in if isinstance(self.dropout, nn.Dropout) else 0
+        per_expert = tokens * (2 * d_in + mask + 2 * self.rank + 2 * d_out)
+        blocks = 2 * self.rank * (d_in + d_out)
+        return 2 * (per_expert + blocks) + tokens * 2 * 2  # + the two fusion weights
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         squeeze = x.dim() == 2
         if squeeze:
