@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mcl.report.aggregate import short_number
+from mcl.report.aggregate import setting, short_number
 from mcl.report.cli import main
 from mcl.report.publish import FIGURES, Page, auto_split, markdown
 from mcl.report.summary import KEEP
@@ -79,6 +79,19 @@ def test_a_numeric_setting_draws_a_tradeoff_curve(tmp_path, monkeypatch):
     assert 0 < text.index("fwd_prompt (projection=1e4)") < text.index("(projection=1e6)")
     assert "1000000.0" not in text
     assert (page / "tradeoff.png").stat().st_size > 0
+
+
+def test_only_a_lone_numeric_setting_places_a_group_on_a_curve():
+    """A sweep over one number is a curve; variants set apart by two settings, a number among
+    them (SMoLoRA's routing and instruction count), are separate points."""
+
+    def group(*values):
+        return {"split_values": [json.dumps(v) for v in values]}
+
+    assert setting(group(1e4)) == 1e4
+    assert setting(group(None, 5)) == 5.0  # the other key unset for this method
+    assert setting(group("oracle_type", 5)) is None
+    assert setting(group("oracle_type")) is None and setting(group(True)) is None
 
 
 @pytest.mark.parametrize(

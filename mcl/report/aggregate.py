@@ -169,10 +169,13 @@ def short_number(v) -> str:
 
 
 def setting(g: dict) -> float | None:
-    """The numeric value of the group's split setting (one shown in its label), if any."""
+    """The numeric value of the group's split setting, if its label shows one setting and that
+    one is a number (a sweep, such as λ). A group set apart by two settings, a number among
+    them (SMoLoRA's routing and instruction count), is no point on one setting's curve."""
     values = [json.loads(v) for v in g.get("split_values", ()) if v != "null"]
-    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return float(numbers[0]) if len(numbers) == 1 else None
+    if len(values) != 1 or isinstance(values[0], bool):
+        return None
+    return float(values[0]) if isinstance(values[0], (int, float)) else None
 
 
 def _by_setting(groups: list[dict]) -> list[dict]:
