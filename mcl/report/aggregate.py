@@ -171,7 +171,7 @@ def short_number(v) -> str:
 def setting(g: dict) -> float | None:
     """The numeric value of the group's split setting, if its label shows one setting and that
     one is a number (a sweep, such as λ). A group set apart by two settings, a number among
-    them (SMoLoRA's routing and instruction count), is no point on one setting's curve."""
+    them (a routing and an instruction count), is no point on one setting's curve."""
     values = [json.loads(v) for v in g.get("split_values", ()) if v != "null"]
     if len(values) != 1 or isinstance(values[0], bool):
         return None
