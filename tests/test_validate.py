@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,12 @@ from tests.conftest import MICRO, compose_cfg
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _mcl(tmp: Path, *args: str, timeout: int = 120) -> tuple[subprocess.CompletedProcess, float]:
+def _mcl(tmp: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "MCL_LOGS": str(tmp / "logs"), "MCL_CACHE": str(tmp / "cache")}
-    t0 = time.time()
-    p = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "mcl.train", *args],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout,
     )  # fmt: skip
-    return p, time.time() - t0
 
 
 def _no_work(tmp: Path) -> None:
@@ -68,7 +65,7 @@ BAD = {
 
 @pytest.mark.parametrize("arg", list(BAD))
 def test_a_bad_value_is_one_line_exit_2_before_any_work(tmp_path, arg):
-    p, _ = _mcl(tmp_path, "experiment=smoke", arg)
+    p = _mcl(tmp_path, "experiment=smoke", arg)
     assert p.returncode == 2, p.stderr[-2000:]
     line = _one_error_line(p)
     for part in BAD[arg]:
@@ -78,7 +75,7 @@ def test_a_bad_value_is_one_line_exit_2_before_any_work(tmp_path, arg):
 
 def test_the_issue_command_line(tmp_path):
     """``python -m mcl.train experiment=smoke train.steps=-1``, exactly."""
-    p, _ = _mcl(tmp_path, "experiment=smoke", "train.steps=-1")
+    p = _mcl(tmp_path, "experiment=smoke", "train.steps=-1")
     assert p.returncode == 2
     assert _one_error_line(p) == (
         "error: train.steps=-1: expected an integer >= 1 (optimizer steps per task), or null"
@@ -87,7 +84,7 @@ def test_the_issue_command_line(tmp_path):
 
 
 def test_a_sweep_checks_every_value_before_the_first_job(tmp_path):
-    p, _ = _mcl(tmp_path, "-m", "experiment=smoke", "seed=0,1,-2", "train.steps=1")
+    p = _mcl(tmp_path, "-m", "experiment=smoke", "seed=0,1,-2", "train.steps=1")
     assert p.returncode == 2
     assert "seed=-2" in _one_error_line(p)
     _no_work(tmp_path)  # no sweep directory either
@@ -98,7 +95,7 @@ def test_a_missing_gpu_is_one_line(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    p, _ = _mcl(tmp_path, "hardware=gpu")
+    p = _mcl(tmp_path, "hardware=gpu")
     assert p.returncode == 2
     line = _one_error_line(p)
     assert "hardware.accelerator=gpu: no CUDA GPU" in line and "hardware=cpu" in line
@@ -107,7 +104,7 @@ def test_a_missing_gpu_is_one_line(tmp_path):
 
 def test_a_read_only_log_directory_is_one_line(tmp_path, monkeypatch):
     ro = _read_only_dir(tmp_path)
-    p, _ = _mcl(tmp_path, f"paths.log_dir={ro}/logs")
+    p = _mcl(tmp_path, f"paths.log_dir={ro}/logs")
     assert p.returncode == 2
     line = _one_error_line(p)
     assert f"paths.log_dir={ro}/logs: not writable" in line and "MCL_LOGS" in line
@@ -161,7 +158,7 @@ def test_a_malformed_bench_json_is_one_line(tmp_path, text, expect):
     root = tmp_path / "bench"
     root.mkdir()
     (root / "bench.json").write_text(text)
-    p, _ = _mcl(tmp_path, "bench=coin", f"bench.root={root}", "bench.source=real")
+    p = _mcl(tmp_path, "bench=coin", f"bench.root={root}", "bench.source=real")
     assert p.returncode == 2
     line = _one_error_line(p)
     assert f"bench.root={root}" in line and expect in line, line
@@ -169,7 +166,7 @@ def test_a_malformed_bench_json_is_one_line(tmp_path, text, expect):
 
 
 def test_a_local_model_path_that_does_not_exist(tmp_path):
-    p, _ = _mcl(tmp_path, "model=llava15_7b", "model.path=/no/such/llava")
+    p = _mcl(tmp_path, "model=llava15_7b", "model.path=/no/such/llava")
     assert p.returncode == 2
     assert "model.path=/no/such/llava" in _one_error_line(p)
 
@@ -183,7 +180,7 @@ def test_a_local_model_path_that_does_not_exist(tmp_path):
     ],
 )
 def test_task_names_are_checked_against_the_benchmark(tmp_path, arg, expect):
-    p, _ = _mcl(tmp_path, "experiment=smoke", arg)
+    p = _mcl(tmp_path, "experiment=smoke", arg)
     assert p.returncode == 2
     assert expect in _one_error_line(p)
     _no_work(tmp_path)
@@ -194,7 +191,7 @@ def test_an_error_found_once_the_run_started_removes_its_empty_run_dir(tmp_path)
     """A mistake only the benchmark's data reveals (a scorer mode a task cannot take): Hydra
     had made the run directory; mcl removes it again, since nothing was written to it."""
     bad = "bench.scorer_mode={color: best_ref_cider}"
-    p, _ = _mcl(tmp_path, *MICRO, bad, "progress=false", timeout=300)
+    p = _mcl(tmp_path, *MICRO, bad, "progress=false", timeout=300)
     assert p.returncode == 2, p.stderr[-2000:]
     assert "bench.scorer_mode" in _one_error_line(p)
     runs = tmp_path / "logs" / "synth" / "seq_lora" / "s0"
@@ -251,7 +248,7 @@ def test_threads_default_respects_omp_and_an_override(tmp_path, monkeypatch, cap
 @pytest.mark.slow
 def test_the_cli_says_how_many_threads_once(tmp_path):
     env_over = [*MICRO, "bench.tasks=[color]", "bench.unseen=[]", "train.steps=2"]
-    p, _ = _mcl(tmp_path, *env_over, "progress=false", "train.threads=1", timeout=300)
+    p = _mcl(tmp_path, *env_over, "progress=false", "train.threads=1", timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.count("[mcl] torch threads: 1 (train.threads;") == 1
     (res,) = (tmp_path / "logs").rglob("results.json")
