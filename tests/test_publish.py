@@ -94,6 +94,31 @@ def test_only_a_lone_numeric_setting_places_a_group_on_a_curve():
     assert setting(group("oracle_type")) is None and setting(group(True)) is None
 
 
+@pytest.mark.parametrize("page", ["cvit", "lambda"])
+def test_the_tradeoff_figures_labels_do_not_print_over_each_other(page):
+    """The published pages with the tightest clusters: SMoLoRA's four long variant labels among
+    the LoRA baselines (cvit), twelve λ values crowded at low BWT (lambda)."""
+    from matplotlib.text import Text
+
+    from mcl.report.curves import tradeoff_figure
+    from mcl.report.publish import _groups, page_runs
+
+    page_dir = Path(__file__).resolve().parent.parent / "docs" / "results" / page
+    loaded = Page.load(page_dir)
+    fig = tradeoff_figure(_groups(loaded, page_runs(page_dir, loaded.split)))
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    frame = ax.get_window_extent(renderer)
+    assert len(ax.texts) >= 18
+    names = [t.get_text() for t in ax.texts]
+    for i, a in enumerate(ax.texts):
+        box = Text.get_window_extent(a, renderer)
+        assert frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1), names[i]
+        for b in ax.texts[:i]:
+            assert not box.overlaps(Text.get_window_extent(b, renderer)), (names[i], b.get_text())
+
+
 @pytest.mark.parametrize(
     "value,text",
     [(1e4, "1e4"), (3e5, "3e5"), (1000000.0, "1e6"), (2.5e-4, "2.5e-4"), (0.01, "0.01"),

@@ -223,8 +223,8 @@ def test_kill_9_at_a_random_point_of_a_task_with_the_default_logger_then_resume(
         time.sleep(0.02)
     # anywhere in tasks 2 and 3, measured on this machine: the uninterrupted run's checkpoints
     # say how long those two tasks took (a fixed number of seconds finished the run on a fast one)
-    ckpt = full / "checkpoints"
-    span = (ckpt / "task02/state.json").stat().st_mtime - (ckpt / "task00/state.json").stat().st_mtime
+    saved = [(full / f"checkpoints/task{t:02d}/state.json").stat().st_mtime for t in (0, 2)]
+    span = saved[1] - saved[0]
     delay = random.Random().uniform(0.0, 0.9 * span)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)

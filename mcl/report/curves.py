@@ -20,7 +20,75 @@ def _mean_std(g: dict, key: str) -> tuple[float, float]:
     return mean, 0.0 if s["std"] is None else s["std"]
 
 
+# Where a point's label may go, in points from the point: beside it first, then further out
+# (with a leader line), so that labels of a tight cluster of methods do not print over each other.
+_NEAR = [(5, 3), (5, -3), (-5, 3), (-5, -3)]
+_FAR = [(dx, dy) for dy in (14, -14, 26, -26, 38, -38) for dx in (6, -6)]
+
+
+def _overlap(a, b) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _place_labels(fig, ax, labels: Sequence[tuple[str, float, float, str]]) -> None:
+    """Annotate each point, choosing for each label (top to bottom) the first offset at which
+    it overlaps no label already placed, no marker and stays inside the axes; where none is
+    free, the offset with the least overlap. Deterministic: same points, same picture."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig.draw_without_rendering()  # settle the layout, so pixel positions are final
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    pad = 4 * fig.dpi / 72
+    markers = []
+    for _, x, y, _ in labels:
+        if math.isfinite(x) and math.isfinite(y):
+            px, py = ax.transData.transform((x, y))
+            markers.append(Bbox([[px - pad, py - pad], [px + pad, py + pad]]))
+    placed: list = []
+    order = sorted(range(len(labels)), key=lambda i: (-_finite(labels[i][2]), labels[i][1]))
+    for i in order:
+        text, x, y, color = labels[i]
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        best = None
+        for dx, dy in _NEAR + _FAR:
+            note = ax.annotate(
+                text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7, color=color,
+                bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
+                ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top",
+                arrowprops=None if (dx, dy) in _NEAR else {"arrowstyle": "-", "lw": 0.4,
+                                                           "color": "grey"},
+            )  # fmt: skip
+            note.set_in_layout(False)
+            note.update_positions(renderer)
+            box = Text.get_window_extent(note, renderer)  # the words, not the leader line
+            cost = sum(_overlap(box, b) for b in placed + markers)
+            cost += box.width * box.height - _overlap(box, frame)  # the part outside the axes
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, note, box)
+            else:
+                note.remove()
+            if cost == 0:
+                break
+        placed.append(best[2])
+
+
+def _finite(v: float) -> float:
+    return v if math.isfinite(v) else -math.inf
+
+
 def plot_tradeoff(path: str | os.PathLike, groups: Sequence[dict]) -> None:
+    """Write :func:`tradeoff_figure` as a PNG."""
+    atomic_write_bytes(path, png_bytes(tradeoff_figure(groups)))
+
+
+def tradeoff_figure(groups: Sequence[dict]):
     """Last (y) against BWT (x), mean ± std over seeds for every group; groups of one method
     that differ only in a numeric setting are joined in the setting's order (a trade-off
     curve), each point labelled with its value. Bounds (reference methods) are hollow."""
@@ -33,6 +101,7 @@ def plot_tradeoff(path: str | os.PathLike, groups: Sequence[dict]) -> None:
     methods = list(dict.fromkeys(g["method"] for g in groups))
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     curves = False
+    labels: list[tuple[str, float, float, str]] = []
     for method in methods:
         members = [g for g in groups if g["method"] == method]
         swept = [g for g in members if setting(g) is not None]
@@ -49,14 +118,16 @@ def plot_tradeoff(path: str | os.PathLike, groups: Sequence[dict]) -> None:
                 x, y, xerr=xerr, yerr=yerr, fmt="o", color=colors[method], mfc=face, capsize=3
             )
             text = short_number(setting(g)) if len(swept) > 1 and g in swept else g["label"]
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            on_curve = len(swept) > 1 and g in swept  # a bare number: coloured as its curve
+            labels.append((text, x, y, colors[method] if on_curve else "black"))
     ax.axvline(0, color="black", linewidth=0.6)
     ax.set_xlabel("BWT (higher: less forgetting)")
     ax.set_ylabel("Last (mean over tasks after the last)")
     ax.set_title("Last against BWT, mean ± std over seeds (hollow: bounds)")
+    _place_labels(fig, ax, labels)
     if curves:
         ax.legend(fontsize=7)
-    atomic_write_bytes(path, png_bytes(fig))
+    return fig
 
 
 def plot_forgetting(path: str | os.PathLike, groups: Sequence[dict]) -> None:
