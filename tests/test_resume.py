@@ -407,14 +407,34 @@ def test_a_damaged_mid_task_checkpoint_reruns_the_task(reference, tmp_path, monk
 
 
 # ---------------------------------------------------------------- one run per run directory
+# ``python -m mcl.train`` that waits at its first training step until the file named by
+# MCL_TEST_GO exists: the first run is certainly still running while the second launches, however
+# fast the machine (on a fast one the whole run used to end before the second had started).
+HELD_AT_STEP_0 = """
+import os, sys, time
+from mcl.methods.base import ContinualMethod
+from mcl.train import cli
+
+real = ContinualMethod.training_step
+
+def training_step(self, batch, i):
+    while not os.path.exists(os.environ["MCL_TEST_GO"]):
+        time.sleep(0.02)
+    return real(self, batch, i)
+
+ContinualMethod.training_step = training_step
+cli(sys.argv[1:])
+"""
+
+
 def test_a_second_run_in_the_same_directory_refuses_in_one_line(tmp_path):
     """Two launches into one run directory: the second stops at once (exit 2, one line naming
     the first's pid), the first finishes alone; they used to interleave their results."""
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONHASHSEED": "0", "MCL_TEST_GO": str(go)}
     out = tmp_path / "shared"
-    first = subprocess.Popen(
-        _cli(tmp_path, run_dir=out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    held = [sys.executable, "-c", HELD_AT_STEP_0, *_cli(tmp_path, run_dir=out)[3:]]
+    first = subprocess.Popen(held, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not (out / "run.lock").exists() and time.time() < deadline:
         assert first.poll() is None
@@ -423,6 +443,7 @@ def test_a_second_run_in_the_same_directory_refuses_in_one_line(tmp_path):
     second = subprocess.run(
         _cli(tmp_path, run_dir=out), env=env, capture_output=True, text=True, timeout=300
     )
+    go.touch()
     assert second.returncode == 2, second.stderr[-2000:]
     lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and f"in use by another run (pid {first.pid}" in lines[0], lines
