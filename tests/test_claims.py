@@ -73,6 +73,18 @@ def test_the_verdict_follows_the_per_seed_differences(deltas, expect, verdict):
     assert text.startswith("**P.**") and f"**{verdict}**" in text and "n = 3" in text
 
 
+def test_one_seed_is_never_a_plain_holds():
+    """One seed has no spread: the verdict says so (the dmole_twin page said "holds" on one)."""
+    page, runs, _ = _runs()
+    one = [r for r in runs if r["dir"].endswith("_s0")]
+    groups = _groups(page, one)
+    claim = {"method": LABEL, "baseline": "seq_lora", "metric": "bwt", "expect": "higher",
+             "paper": "P"}  # fmt: skip
+    c = check(claim, groups, one)
+    assert c["diffs"][0] > 0 and c["verdict"] == "holds on its one seed"
+    assert "(one seed only): **holds on its one seed**" in sentence(claim, groups, one)
+
+
 def test_a_page_shows_its_claims_as_findings(tmp_path):
     page_dir = tmp_path / "docs" / "results" / "cvit_fwd_prompt"
     shutil.copytree(PAGE, page_dir)
@@ -119,7 +131,8 @@ CURVE = {"kind": "curve", "method": "tir_ewc", "baseline": "ewc", "paper": "TIR 
     [
         ([(-80, 22), (-60, 32), (-40, 42)], "holds", 2.0),
         ([(-80, 18), (-60, 28), (-40, 38)], "does not hold: it lies below", -2.0),
-        ([(-80, 25), (-40, 35)], "holds in part: the curves cross", 0.0),
+        ([(-80, 25), (-40, 35)], "does not hold on average: the curves cross", 0.0),
+        ([(-80, 26), (-40, 35)], "holds on average, not everywhere: the curves cross", 0.5),
     ],
 )
 def test_a_curve_claim_compares_last_at_the_same_bwt(tir, verdict, mean):

@@ -79,6 +79,8 @@ def check(claim: dict, groups: Sequence[dict], runs: Sequence[dict]) -> dict:
         verdict = "not measured"
     elif sign * mean <= 0:
         verdict = "does not hold"
+    elif len(diffs) == 1:
+        verdict = "holds on its one seed"  # no spread measured: not a "holds" yet
     elif agree == len(diffs):
         verdict = "holds"
     else:
@@ -124,8 +126,10 @@ def check_curve(claim: dict, groups: Sequence[dict]) -> dict:
         verdict = "holds"
     elif all(gap < 0 for gap in gaps):
         verdict = "does not hold: it lies below"
+    elif statistics.fmean(gaps) > 0:
+        verdict = "holds on average, not everywhere: the curves cross"
     else:
-        verdict = "holds in part: the curves cross"
+        verdict = "does not hold on average: the curves cross"
     return out | {"gaps": gaps, "range": (lo, hi), "mean": statistics.fmean(gaps),
                   "verdict": verdict}  # fmt: skip
 
