@@ -10,7 +10,7 @@ import pytest
 
 from mcl.report.aggregate import setting, short_number
 from mcl.report.cli import main
-from mcl.report.publish import FIGURES, Page, auto_split, markdown
+from mcl.report.publish import FIGURES, Page, auto_split, markdown, run_name
 from mcl.report.summary import KEEP
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,10 +123,20 @@ def test_the_tradeoff_figures_labels_do_not_print_over_each_other(page):
     "value,text",
     [(1e4, "1e4"), (3e5, "3e5"), (1000000.0, "1e6"), (2.5e-4, "2.5e-4"), (0.01, "0.01"),
      (100.0, "100"), (5, "5"), (0, "0"), (True, "True"), ("none", "none"),
-     (["image"], "['image']")],
+     (["image"], "[image]"), (["image", "video"], "[image,video]"), ([], "[]")],
 )  # fmt: skip
 def test_a_setting_shows_compactly_in_labels(value, text):
     assert short_number(value) == text
+
+
+@pytest.mark.parametrize(
+    "value,name",
+    [(["image"], "pathweave_image_s1"), (["image", "video"], "pathweave_image+video_s1"),
+     ([], "pathweave_empty_s1"), ("a/b c", "pathweave_a-bc_s1"), (1e5, "pathweave_1e5_s1")],
+)  # fmt: skip
+def test_a_summary_folder_name_needs_no_quoting_in_a_shell(value, name):
+    run = {"method": "pathweave", "seed": 1, "config": {"method": {"base_modalities": value}}}
+    assert run_name(run, ["method.base_modalities"]) == name
 
 
 def test_auto_split_finds_nothing_when_one_config_per_method():

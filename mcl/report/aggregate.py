@@ -159,7 +159,10 @@ def variant_key(group: dict) -> tuple:
 
 def short_number(v) -> str:
     """A setting as a label shows it: large and small numbers as ``1e4``, ``3e5``, ``2.5e-4``
-    (a penalty weight reads better so than ``1000000.0``), others as they print."""
+    (a penalty weight reads better so than ``1000000.0``), lists as a Hydra override writes
+    them (``[image,video]``, so a label can be pasted on a command line), others as they print."""
+    if isinstance(v, list):
+        return "[" + ",".join(short_number(x) for x in v) + "]"
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
     if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,10 +93,18 @@ def _cell(value) -> str:
 
 
 def run_name(run: dict, split: Sequence[str]) -> str:
-    """A summary's folder: the method, its split values where set, the seed."""
+    """A summary's folder: the method, its split values where set, the seed; only characters a
+    shell leaves alone (a list reads ``image+video``, an empty one ``empty``)."""
     flat = {k: json.loads(v) for k, v in zip(split, split_values(run, split)) if v != "null"}
-    parts = [run["method"], *(short_number(v).replace("/", "-") for v in flat.values())]
-    return "_".join(p.replace(" ", "") for p in parts) + f"_s{run['seed']}"
+    values = [
+        ("+".join(map(short_number, v)) or "empty") if isinstance(v, list) else short_number(v)
+        for v in flat.values()
+    ]
+    parts = [
+        run["method"],
+        *(re.sub(r"[^A-Za-z0-9._+=-]", "", v.replace("/", "-")) for v in values),
+    ]
+    return "_".join(parts) + f"_s{run['seed']}"
 
 
 def auto_split(runs: Sequence[dict]) -> list[str]:
