@@ -144,6 +144,21 @@ def test_auto_split_finds_nothing_when_one_config_per_method():
     assert auto_split(runs) == []
 
 
+def test_a_key_that_newer_code_added_sets_no_variant():
+    """Summaries published over weeks: a run from newer code has config keys the older ones
+    lack (here a benchmark's real-data file list). They used to split one method into two rows
+    and name its folder after every new key's value."""
+    runs = [json.loads(p.read_text()) for p in SOURCE.glob("seq_lora_s*/results.json")]
+    newer = json.loads(json.dumps(runs[0]))
+    newer["seed"] = 7
+    newer["config"]["bench"]["files"] = {"format": "coin", "images": "dataset"}
+    newer["config"]["model"]["new_option"] = "on"
+    assert auto_split([*runs, newer]) == []
+    changed = json.loads(json.dumps(newer))
+    changed["config"]["method"]["lr"] = 0.5  # a key every run has, set apart: a variant
+    assert auto_split([*runs, newer, changed]) == ["method.lr"]
+
+
 @pytest.mark.parametrize(
     "argv",
     [["--from-summaries"], ["--publish", "x"], ["runs", "--publish", "x", "--from-summaries"]],

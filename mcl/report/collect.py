@@ -109,16 +109,18 @@ def _flatten(config: dict, prefix: str = "") -> dict:
 
 
 def config_diff(runs: Sequence[dict]) -> list[str]:
-    """Dotted config keys whose values differ between `runs` (launch details ignored)."""
+    """Dotted config keys whose values differ between `runs` (launch details ignored). A key
+    that some runs lack came with newer code than theirs (a new option, a new section of a
+    benchmark's config): the older runs had no such setting to vary, so it sets no variant."""
     flat = [_flatten(r.get("config") or {}) for r in runs]
-    keys = set().union(*flat)
+    keys = set.intersection(*map(set, flat)) if flat else set()
     return sorted(
         k
         for k in keys
         if k.split(".")[0] not in LAUNCH_KEYS
         and k.split(".")[-1] not in LAUNCH_LEAVES
         and not k.startswith(DEFINITION_PREFIXES)
-        and len({f.get(k, "null") for f in flat}) > 1  # a key added later defaults to null
+        and len({f[k] for f in flat}) > 1
     )
 
 
