@@ -57,7 +57,7 @@ def test_the_verdict_follows_the_per_seed_differences(deltas, expect, verdict):
     runs = copy.deepcopy(runs)
     for seed, delta in enumerate(deltas):  # the method = the baseline + delta, seed by seed
         base = _last(runs, "seq_lora", seed)
-        target = next(r for r in runs if r["dir"].endswith(f"/fwd_prompt_s{seed}"))
+        target = next(r for r in runs if r["dir"].endswith(f"/fwd_prompt_interference_s{seed}"))
         target["metrics"]["last"] = base + delta
     claim = {"method": "fwd_prompt", "baseline": "seq_lora", "expect": expect, "paper": "P"}
     # "fwd_prompt" names two rows: the label picks the default-projection one
