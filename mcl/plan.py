@@ -43,7 +43,8 @@ Memory model (bytes; N devices; Pt trainable parameters)
           ignored), or the adapter's own account (``saved_bytes``): SMoLoRA's two running
           experts each keep a copy of the input, a dropout mask and a full-width output for
           the fusion, 6 in + 4 out bytes per token; MoELoRA's router and experts read two
-          copies of the input, 4 in + 6 r.
+          copies of the input, 4 in + 6 r; D-MoLE's training-task expert keeps the input copy
+          and its dropout mask, 3 in + 2 r.
       vision layer: 16 h + m i, m = 6 (SwiGLU, Qwen2.5-VL), 4 (quick-GELU: CLIP, Qwen2-VL),
           2 (GELU: InternViT); counted only when something in the tower trains.
       head (vocabulary V): 4h (final norm) + 4V (fp32 log-softmax kept by the loss) + 2V

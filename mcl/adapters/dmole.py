@@ -80,6 +80,17 @@ class DMoLELinear(nn.Module):
         (an iterable of task ids, read once per batch by the method; None: all of them)."""
         self._mask, self.active = mask, None if active is None else frozenset(active)
 
+    def saved_bytes(self, tokens: int, mask_bytes: int = 1) -> int:
+        """Bytes autograd keeps for one sample of ``tokens`` tokens under bf16 autocast
+        (``mcl.plan``), with the training task's expert running: that expert keeps a bf16 copy
+        of its (dropped-out) input for A, the dropout mask (``mask_bytes`` per element: 1 on
+        CUDA, a float on the CPU) and its rank-wide product for B. Frozen experts keep
+        nothing for their weights."""
+        trains = sum(any(p.requires_grad for p in e.parameters()) for e in self.experts.values())
+        d_in = self.base.in_features
+        mask = mask_bytes * d_in if isinstance(self.dropout, nn.Dropout) else 0
+        return trains * tokens * (2 * d_in + mask + 2 * self.r)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         if self.mask is None or not len(self.experts):
