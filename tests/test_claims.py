@@ -74,7 +74,7 @@ def test_the_verdict_follows_the_per_seed_differences(deltas, expect, verdict):
 
 
 def test_one_seed_is_never_a_plain_holds():
-    """One seed has no spread: the verdict says so (the dmole_twin page said "holds" on one)."""
+    """One seed has no spread: the verdict says so (a one-seed page used to say "holds")."""
     page, runs, _ = _runs()
     one = [r for r in runs if r["dir"].endswith("_s0")]
     groups = _groups(page, one)

@@ -28,7 +28,7 @@ STALE = "stale: rerun python scripts/publish_results.py"
 
 
 def test_there_are_pages():
-    assert {"cvit_headline", "cvit_fwd_prompt", "dmole_twin"} <= {p.name for p in PAGES}
+    assert {"synth", "cvit", "dmole", "clmm", "mcl", "lambda"} <= {p.name for p in PAGES}
 
 
 @pytest.mark.parametrize("page_dir", PAGES, ids=lambda p: p.name)
