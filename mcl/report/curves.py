@@ -117,9 +117,10 @@ def tradeoff_figure(groups: Sequence[dict]):
             ax.errorbar(
                 x, y, xerr=xerr, yerr=yerr, fmt="o", color=colors[method], mfc=face, capsize=3
             )
-            text = short_number(setting(g)) if len(swept) > 1 and g in swept else g["label"]
-            on_curve = len(swept) > 1 and g in swept  # a bare number: coloured as its curve
-            labels.append((text, x, y, colors[method] if on_curve else "black"))
+            if len(swept) > 1 and g in swept:  # on a curve: its value, in the curve's colour
+                labels.append((short_number(setting(g)), x, y, colors[method]))
+            else:
+                labels.append((g["label"], x, y, "black"))
     ax.axvline(0, color="black", linewidth=0.6)
     ax.set_xlabel("BWT (higher: less forgetting)")
     ax.set_ylabel("Last (mean over tasks after the last)")
